@@ -1,0 +1,36 @@
+"""iqcore: inference-only ("inferable") quantizers for Keras and TensorFlow, extensible by plugins.
+
+    import iqcore
+    q = iqcore.get_quantizer("symmetric", target="weights", num_bits=8, threshold=[1.0])
+    y = q(x)
+
+Methods come from plugins (``iq-pot``, ``iq-symmetric``, ``iq-uniform`` and third-party ones), discovered
+through entry points on first use; ``iqcore.list_quantizers()`` shows what is installed.
+"""
+
+from iqcore import keras_inferable_quantizers
+from iqcore.hookspecs import hookimpl
+from iqcore.plugins import PluginError, PluginWarning
+from iqcore.quantizer import (
+    InferableQuantizer,
+    QuantizationParams,
+    ThresholdActivationQuantizer,
+    ThresholdWeightsQuantizer,
+)
+from iqcore.registry import QuantizerInfo, get_quantizer, list_quantizers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InferableQuantizer",
+    "PluginError",
+    "PluginWarning",
+    "QuantizationParams",
+    "QuantizerInfo",
+    "ThresholdActivationQuantizer",
+    "ThresholdWeightsQuantizer",
+    "get_quantizer",
+    "hookimpl",
+    "keras_inferable_quantizers",
+    "list_quantizers",
+]

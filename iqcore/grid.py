@@ -1,0 +1,191 @@
+"""The quantization grid and its NumPy reference, bit-exact with TensorFlow's fake-quant kernel.
+
+Every quantizer, whatever its method, reduces to a range ``[min, max]`` per channel, a bit width and a
+``narrow_range`` flag. :func:`make_grid` turns those into the grid TensorFlow's
+``FakeQuantWithMinMaxVars`` kernel computes with, emulating its float32 arithmetic step by step:
+
+    qmin, qmax = (1 if narrow_range else 0), 2**num_bits - 1
+    scale      = (max - min) / (qmax - qmin)
+    zp         = clamp(round_half_away(qmin - min / scale), qmin, qmax)
+    nmin, nmax = (qmin - zp) * scale, (qmax - zp) * scale
+    qz         = floor(-nmin / scale + 0.5)
+    out        = floor((clamp(x, nmin, nmax) - nmin) / scale - qz + 0.5) * scale
+
+Each line is one float32 operation, in this order: the subtraction before the scaling drops low bits, so an
+input one ulp below a tie can land on the tie and round up (half up, toward +inf). :func:`fake_quant` is that
+formula in NumPy; it is the reference every quantizer is tested against.
+
+Integer codes are signed ``num_bits``-bit integers, as in TFLite's int8 scheme: ``code = step + zero_point``
+where ``step = out / scale`` and ``zero_point = zp - 2**(num_bits - 1)``, so that
+``float32((code - zero_point) * scale) == out`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+F32 = np.float32
+F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+    """The nudged float32 grid of one quantizer (arrays have one entry per channel, or are 0-d).
+
+    Attributes:
+        num_bits: Bit width, 2..16.
+        narrow_range: Whether the lowest integer code is unused.
+        axis: The channel axis (non-negative, < ``rank``), or None for a per-tensor grid.
+        rank: The input rank the per-channel arrays are laid out for (None per-tensor).
+        min, max: The float32 range handed to TensorFlow's op.
+        scale, nudged_min, nudged_max, quant_zero: float32, as TensorFlow's kernel computes them.
+        zero_point: The signed integer zero point (``zp - 2**(num_bits - 1)``), int32.
+        reciprocal: ``1 / scale`` rounded to float64, used by the TensorFlow kernel (see ``kernels``).
+    """
+
+    num_bits: int
+    narrow_range: bool
+    axis: int | None
+    rank: int | None
+    min: np.ndarray
+    max: np.ndarray
+    scale: np.ndarray
+    nudged_min: np.ndarray
+    nudged_max: np.ndarray
+    quant_zero: np.ndarray
+    zero_point: np.ndarray
+    reciprocal: np.ndarray
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def channels(self) -> int | None:
+        """Number of channels of a per-channel grid, None per-tensor."""
+        return None if self.axis is None else int(self.scale.shape[0])
+
+    @property
+    def qmin(self) -> int:
+        """Lowest signed integer code."""
+        return -(2 ** (self.num_bits - 1)) + int(self.narrow_range)
+
+    @property
+    def qmax(self) -> int:
+        """Highest signed integer code."""
+        return 2 ** (self.num_bits - 1) - 1
+
+    def broadcast_shape(self) -> tuple[int, ...]:
+        """Shape that lays the per-channel arrays along ``axis`` of a ``rank``-d tensor (``()`` per-tensor)."""
+        if self.axis is None:
+            return ()
+        shape = [1] * self.rank
+        shape[self.axis] = -1
+        return tuple(shape)
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + F32(0.5))
+
+
+def make_grid(
+    min_range,
+    max_range,
+    num_bits: int,
+    narrow_range: bool = False,
+    axis: int | None = None,
+    rank: int | None = None,
+) -> Grid:
+    """Nudge a float range onto TensorFlow's fake-quant grid.
+
+    Args:
+        min_range, max_range: Range bounds, scalars or one per channel; cast to float32 as TensorFlow does.
+        num_bits: Bit width (validated by the caller).
+        narrow_range: Leave the lowest integer code unused.
+        axis: Non-negative channel axis for a per-channel grid, or None.
+        rank: Input rank for a per-channel grid.
+
+    Returns:
+        The :class:`Grid`.
+
+    Raises:
+        ValueError: If the range does not give a finite, normal float32 grid (``min >= max``, a scale too
+            small for float32, or a range that overflows it).
+    """
+    lo = np.asarray(min_range, dtype=np.float64).astype(F32)
+    hi = np.asarray(max_range, dtype=np.float64).astype(F32)
+    qmin = F32(1 if narrow_range else 0)
+    qmax = F32(2**num_bits - 1)
+    with np.errstate(all="ignore"):
+        scale = (hi - lo) / (qmax - qmin)
+        zp_from_min = qmin - lo / scale
+        zp = np.where(zp_from_min < qmin, qmin, np.where(zp_from_min > qmax, qmax, _round_half_away(zp_from_min)))
+        zp = zp.astype(F32)
+        nudged_min = (qmin - zp) * scale
+        nudged_max = (qmax - zp) * scale
+        quant_zero = np.floor(-nudged_min / scale + F32(0.5))
+    bad = ~(np.isfinite(scale) & (scale >= F32_TINY) & np.isfinite(nudged_min) & np.isfinite(nudged_max))
+    if np.any(bad):
+        i = int(np.flatnonzero(np.atleast_1d(bad))[0])
+        raise ValueError(
+            f"range [{np.atleast_1d(lo)[i]!r}, {np.atleast_1d(hi)[i]!r}] at {num_bits} bits gives a float32 step "
+            f"of {np.atleast_1d(scale)[i]!r}; allowed: a finite step of at least {F32_TINY!r} (float32's smallest "
+            "normal number) and a range that fits in float32"
+        )
+    return Grid(
+        num_bits=num_bits,
+        narrow_range=bool(narrow_range),
+        axis=axis,
+        rank=rank,
+        min=np.asarray(lo, F32),
+        max=np.asarray(hi, F32),
+        scale=np.asarray(scale, F32),
+        nudged_min=np.asarray(nudged_min, F32),
+        nudged_max=np.asarray(nudged_max, F32),
+        quant_zero=np.asarray(quant_zero, F32),
+        zero_point=np.asarray(zp.astype(np.int64) - 2 ** (num_bits - 1), np.int32),
+        reciprocal=1.0 / np.asarray(scale, np.float64),
+    )
+
+
+def _laid_out(grid: Grid, x: np.ndarray):
+    shape = grid.broadcast_shape()
+    if grid.axis is not None and x.ndim != grid.rank:
+        raise ValueError(f"input of rank {x.ndim} does not match the grid's rank {grid.rank}")
+    return [np.reshape(a, shape) for a in (grid.scale, grid.nudged_min, grid.nudged_max, grid.quant_zero)]
+
+
+def steps(x, grid: Grid) -> np.ndarray:
+    """Signed integer steps ``out / scale`` of :func:`fake_quant`, as float32 (NaN stays NaN)."""
+    x = np.asarray(x, dtype=F32)
+    scale, nmin, nmax, qz = _laid_out(grid, x)
+    with np.errstate(invalid="ignore"):
+        clamped = np.minimum(np.maximum(x, nmin), nmax)
+        return np.floor((clamped - nmin) / scale - qz + F32(0.5)).astype(F32)
+
+
+def fake_quant(x, grid: Grid) -> np.ndarray:
+    """NumPy reference of TensorFlow's fake-quant kernel on ``grid`` (float32 in, float32 out)."""
+    x = np.asarray(x, dtype=F32)
+    scale = _laid_out(grid, x)[0]
+    with np.errstate(invalid="ignore"):
+        return (steps(x, grid) * scale).astype(F32)
+
+
+def codes(x, grid: Grid) -> np.ndarray:
+    """Signed integer codes of ``x`` on ``grid`` (int32); NaN inputs are a ValueError."""
+    s = steps(x, grid)
+    if np.isnan(s).any():
+        raise ValueError("x contains NaN, which has no integer code; allowed: finite values or ±inf")
+    zp = np.reshape(grid.zero_point, grid.broadcast_shape())
+    return (s.astype(np.int32) + zp).astype(np.int32)
+
+
+def dequantize(codes_, grid: Grid) -> np.ndarray:
+    """``float32((codes - zero_point) * scale)``: what an integer back end computes."""
+    shape = grid.broadcast_shape()
+    zp = np.reshape(grid.zero_point, shape)
+    scale = np.reshape(grid.scale, shape)
+    return ((np.asarray(codes_, dtype=np.int64) - zp).astype(F32) * scale).astype(F32)

@@ -1,0 +1,136 @@
+"""TensorFlow kernels that compute :mod:`iqcore.grid`'s formula bit-exactly in eager, graph and XLA modes.
+
+Two traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactness.md):
+
+* Grappler (graph mode) rewrites ``x / constant`` into ``x * (1 / constant)`` and XLA does the same, which
+  flips whole steps for scales that are not powers of two. The kernel never divides: it multiplies in
+  float64 by ``1 / scale`` rounded to float64 and rounds the product to float32. For float32 ``u`` and
+  ``scale`` that equals the correctly rounded quotient ``u / scale`` (``u / scale`` is never a float32
+  midpoint, and the float64 product is within 2**-52 of it while a midpoint is at least 2**-49 away).
+* XLA on CPU fuses ``a * b - c`` into an FMA. No product here feeds an addition directly.
+
+Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
+it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
+op is lowered with a different formula, so there the broadcasting kernel runs instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore.grid import Grid
+
+FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def in_xla_context() -> bool:
+    """Whether the current trace is being compiled by XLA (``jit_compile=True``)."""
+    return tf.__internal__.get_enclosing_xla_context() is not None
+
+
+def as_float_tensor(x, name: str = "x") -> tf.Tensor:
+    """Convert ``x`` to a tensor and check that it has a floating dtype the kernels accept.
+
+    Raises:
+        TypeError: For integer, bool, complex or string tensors.
+    """
+    if not isinstance(x, (tf.Tensor, tf.Variable)) and not tf.is_tensor(x):
+        try:
+            x = tf.convert_to_tensor(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a float tensor or convertible to one; got {type(x).__name__}: {e}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {x.dtype.name}; allowed: float16, bfloat16, float32, float64 "
+            "(cast integer data to float first)"
+        )
+    return x
+
+
+def check_layout(x: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """Check a per-channel input's rank and channel count against ``grid`` (statically when known).
+
+    Returns ``x``, with a run-time check attached when the channel dimension is unknown at trace time.
+    """
+    if grid.axis is None:
+        return x
+    rank = x.shape.rank
+    if rank is not None and rank != grid.rank:
+        raise ValueError(
+            f"input has rank {rank} (shape {x.shape}); allowed: rank {grid.rank}, the quantizer's input_rank"
+        )
+    dim = x.shape[grid.axis] if rank is not None else None
+    if dim is not None:
+        if dim != grid.channels:
+            raise ValueError(
+                f"input has {dim} channels on axis {grid.axis} (shape {x.shape}) but the quantizer holds "
+                f"{grid.channels} per-channel values; allowed: a channel dimension of {grid.channels}"
+            )
+        return x
+    checks = [
+        tf.debugging.assert_rank(x, grid.rank, message="input rank does not match the quantizer's input_rank"),
+        tf.debugging.assert_equal(
+            tf.shape(x)[grid.axis],
+            grid.channels,
+            message=f"input's channel dimension on axis {grid.axis} must equal {grid.channels}",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
+
+
+def _params(grid: Grid):
+    shape = grid.broadcast_shape()
+    return (
+        np.reshape(grid.nudged_min, shape),
+        np.reshape(grid.nudged_max, shape),
+        np.reshape(grid.reciprocal, shape),
+        np.reshape(grid.quant_zero, shape),
+        np.reshape(grid.scale, shape),
+    )
+
+
+def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`)."""
+    nmin, nmax, reciprocal, quant_zero, _ = _params(grid)
+    shifted = tf.minimum(tf.maximum(x32, nmin), nmax) - nmin
+    scaled = tf.cast(tf.cast(shifted, tf.float64) * reciprocal, tf.float32)
+    return tf.floor(scaled - quant_zero + 0.5)
+
+
+def fake_quant(x, grid: Grid) -> tf.Tensor:
+    """Fake-quantize ``x`` on ``grid``; returns a tensor of ``x``'s shape and dtype.
+
+    Raises:
+        TypeError: If ``x`` is not a float tensor.
+        ValueError: If ``x``'s rank or channel dimension does not match a per-channel grid.
+    """
+    x = check_layout(as_float_tensor(x), grid)
+    x32 = tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
+    if grid.axis is None and not in_xla_context():
+        y = tf.quantization.fake_quant_with_min_max_vars(
+            x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
+        )
+    else:
+        y = steps(x32, grid) * np.reshape(grid.scale, grid.broadcast_shape())
+    return tf.cast(y, x.dtype) if x.dtype != tf.float32 else y
+
+
+def codes(x, grid: Grid) -> tf.Tensor:
+    """Signed integer codes of ``x`` on ``grid``: int8 up to 8 bits, int16 above.
+
+    NaN has no code: eagerly it is a ValueError, in a graph a run-time InvalidArgumentError.
+    """
+    x = check_layout(as_float_tensor(x), grid)
+    s = steps(tf.cast(x, tf.float32), grid)
+    has_nan = tf.reduce_any(tf.math.is_nan(s))
+    if tf.executing_eagerly():
+        if bool(has_nan):
+            raise ValueError("x contains NaN, which has no integer code; allowed: finite values or ±inf")
+    else:
+        with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(has_nan), ["x contains NaN"])]):
+            s = tf.identity(s)
+    out_dtype = tf.int8 if grid.num_bits <= 8 else tf.int16
+    zero_point = np.reshape(grid.zero_point, grid.broadcast_shape())
+    return tf.cast(tf.cast(s, tf.int32) + zero_point, out_dtype)

@@ -1,0 +1,256 @@
+"""Inferable quantizers: the abstract interface and the reusable bases that method plugins build on.
+
+An inferable quantizer holds every parameter it needs and fake-quantizes a TensorFlow tensor when called:
+
+    >>> q = WeightsSymmetricInferableQuantizer(num_bits=8, threshold=[2.0, 3.0, 1.0],
+    ...                                        per_channel=True, channel_axis=-1, input_rank=4)
+    >>> y = q(x)                      # x's shape and dtype, values on q's grid
+    >>> codes = q.to_int(x)           # signed integer codes (int8 up to 8 bits)
+    >>> p = q.quantization_params()   # scale, zero_point, qmin, qmax, axis for an integer back end
+
+Every quantizer reduces its parameters to a float range per channel; :mod:`iqcore.grid` nudges that range
+exactly as TensorFlow's fake-quant kernel does, and :mod:`iqcore.kernels` computes on it bit-exactly.
+
+Threshold grids (symmetric and power-of-two methods), with step ``s = T / 2**(num_bits - signed)``:
+
+* signed:   ``[-T, T - s]`` (``narrow_range``: ``[-T + s, T - s]``, the lowest code dropped, the step kept)
+* unsigned: ``[0, T - s]``  (``narrow_range``: ``[0, T - 2s]``)
+
+Range grids (uniform method) take ``[min_range, max_range]`` as given to TensorFlow's op, with
+``narrow_range`` meaning what it means there (``2**num_bits - 2`` steps over the range).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+
+from iqcore import grid as grid_lib
+from iqcore import kernels
+from iqcore import validation as v
+
+CONFIG_VERSION = 1
+TARGETS = ("weights", "activation")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizationParams:
+    """What an integer back end needs: ``float32((code - zero_point) * scale)`` is the quantizer's output.
+
+    Attributes:
+        scale: float32, one per channel (1-d) or a 0-d array per-tensor.
+        zero_point: int32, same shape as ``scale``.
+        qmin, qmax: 0-d int32 arrays, the signed code range.
+        axis: 0-d int32 array holding the channel axis, or None per-tensor.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: np.ndarray
+    qmax: np.ndarray
+    axis: np.ndarray | None
+
+
+class InferableQuantizer(abc.ABC):
+    """Base of every quantizer. Subclasses set ``method`` and ``target`` and build ``self.grid``.
+
+    A subclass validates its constructor arguments, computes a float range per channel, and calls
+    :meth:`_set_grid`. ``get_config`` returns the constructor's arguments as JSON-able data; the default
+    ``from_config`` refuses unknown, missing and future-versioned configs before calling the constructor,
+    which validates every value.
+    """
+
+    method: ClassVar[str] = ""
+    target: ClassVar[str] = ""
+    grid: grid_lib.Grid
+
+    # -- building --------------------------------------------------------------------------------------
+    def _set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None) -> None:
+        self.grid = grid_lib.make_grid(min_range, max_range, num_bits, narrow_range, axis, rank)
+
+    # -- the quantizer -------------------------------------------------------------------------------
+    def __call__(self, x):
+        """Fake-quantize ``x``; returns a tensor of ``x``'s shape and dtype.
+
+        float16/bfloat16/float64 inputs are cast to float32, quantized, and cast back: float64 results are
+        exactly the float32 grid values; float16/bfloat16 results are those values rounded to the input
+        dtype (off the grid when the step needs more mantissa bits than the dtype has).
+
+        Raises:
+            TypeError: If ``x`` is not a floating tensor.
+            ValueError: If a per-channel quantizer's input has the wrong rank or channel count.
+        """
+        return kernels.fake_quant(x, self.grid)
+
+    def to_int(self, x):
+        """Signed integer codes of ``x`` (int8 up to 8 bits, int16 above); see :meth:`quantization_params`."""
+        return kernels.codes(x, self.grid)
+
+    def quantization_params(self) -> QuantizationParams:
+        """Scale, zero point, code range and axis such that ``float32((to_int(x) - zp) * scale) == self(x)``."""
+        g = self.grid
+        return QuantizationParams(
+            scale=g.scale.copy(),
+            zero_point=g.zero_point.copy(),
+            qmin=np.array(g.qmin, dtype=np.int32),
+            qmax=np.array(g.qmax, dtype=np.int32),
+            axis=None if g.axis is None else np.array(g.axis, dtype=np.int32),
+        )
+
+    # -- serialization ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments as plain JSON-able data (plus ``config_version``)."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        """Rebuild a quantizer from :meth:`get_config`'s output, validating every key and value.
+
+        Raises:
+            TypeError: If ``config`` is not a dict.
+            ValueError: For unknown or missing keys, a config from a newer iqcore, or any bad value.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config for {cls.__name__} must be a dict; got {type(config).__name__}")
+        config = dict(config)
+        version = config.pop("config_version", CONFIG_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"config_version is {version!r}; allowed: an int from 1 to {CONFIG_VERSION}")
+        if version > CONFIG_VERSION:
+            raise ValueError(
+                f"config_version is {version}, written by a newer iqcore; this one reads up to {CONFIG_VERSION}: "
+                "upgrade iqcore to load it"
+            )
+        params = inspect.signature(cls.__init__).parameters
+        allowed = [n for n in params if n != "self"]
+        unknown = sorted(set(config) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; allowed: {allowed}")
+        missing = [n for n in allowed if params[n].default is inspect.Parameter.empty and n not in config]
+        if missing:
+            raise ValueError(f"config for {cls.__name__} is missing required keys {missing}")
+        return cls(**config)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), json.dumps(self.get_config(), sort_keys=True)))
+
+    def __repr__(self):
+        config = self.get_config()
+        config.pop("config_version", None)
+        args = ", ".join(f"{k}={val!r}" for k, val in config.items())
+        return f"{type(self).__name__}({args})"
+
+
+def threshold_range(thresholds: list[float], num_bits: int, signed: bool, narrow_range: bool):
+    """The float64 range of a threshold grid (see the module docstring), one entry per threshold."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    step = t / 2.0 ** (num_bits - int(signed))
+    if signed:
+        low = -t + step if narrow_range else -t
+        return low, t - step
+    return np.zeros_like(t), t - (2 * step if narrow_range else step)
+
+
+class ThresholdWeightsQuantizer(InferableQuantizer):
+    """Signed weights grid ``[-T, T - T/2**(num_bits-1)]`` per tensor or per channel on any axis.
+
+    Args:
+        num_bits: Bit width, an int in 2..16.
+        threshold: T: one positive value per-tensor, or one per channel (list, tuple or 1-d array).
+        per_channel: One threshold per channel along ``channel_axis``.
+        channel_axis: The channel axis, in ``[-input_rank, input_rank)``; needed when ``per_channel``.
+        input_rank: Rank of the tensors this quantizer is called on; needed when ``per_channel``.
+        narrow_range: Drop the lowest code (-T), keeping the step: int8 weights in [-127, 127].
+    """
+
+    target = "weights"
+
+    def __init__(self, num_bits, threshold, per_channel=False, channel_axis=None, input_rank=None,
+                 narrow_range=False):
+        self.num_bits = v.check_num_bits(num_bits)
+        self.per_channel = v.check_bool("per_channel", per_channel)
+        self.narrow_range = v.check_bool("narrow_range", narrow_range)
+        self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
+        v.check_count("threshold", self.threshold, self.per_channel)
+        axis, rank = v.check_layout(self.per_channel, channel_axis, input_rank)
+        self.channel_axis = None if channel_axis is None else int(channel_axis)
+        self.input_rank = rank
+        low, high = threshold_range(self.threshold, self.num_bits, True, self.narrow_range)
+        if not self.per_channel:
+            low, high = low[0], high[0]
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank)
+
+    def check_threshold(self, values: list[float]) -> list[float]:
+        """Validate thresholds; methods with stricter rules (power of two) extend this."""
+        return v.check_positive("threshold", values)
+
+    def get_config(self):
+        return {
+            "num_bits": self.num_bits,
+            "threshold": list(self.threshold),
+            "per_channel": self.per_channel,
+            "channel_axis": self.channel_axis,
+            "input_rank": self.input_rank,
+            "narrow_range": self.narrow_range,
+            "config_version": CONFIG_VERSION,
+        }
+
+
+class ThresholdActivationQuantizer(InferableQuantizer):
+    """Per-tensor activation grid: ``[-T, T - T/2**(num_bits-1)]`` signed, ``[0, T - T/2**num_bits]`` unsigned.
+
+    Args:
+        num_bits: Bit width, an int in 2..16.
+        threshold: T, one positive value (a number or a one-element list).
+        signed: Whether the grid covers negative values.
+        narrow_range: Drop one code, keeping the step (signed: -T; unsigned: the top code).
+    """
+
+    target = "activation"
+
+    def __init__(self, num_bits, threshold, signed, narrow_range=False):
+        self.num_bits = v.check_num_bits(num_bits)
+        self.signed = v.check_bool("signed", signed)
+        self.narrow_range = v.check_bool("narrow_range", narrow_range)
+        self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
+        v.check_count("threshold", self.threshold, per_channel=False)
+        low, high = threshold_range(self.threshold, self.num_bits, self.signed, self.narrow_range)
+        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range)
+
+    def check_threshold(self, values: list[float]) -> list[float]:
+        """Validate thresholds; methods with stricter rules (power of two) extend this."""
+        return v.check_positive("threshold", values)
+
+    def get_config(self):
+        return {
+            "num_bits": self.num_bits,
+            "threshold": list(self.threshold),
+            "signed": self.signed,
+            "narrow_range": self.narrow_range,
+            "config_version": CONFIG_VERSION,
+        }
+
+
+def check_ranges(min_range, max_range, per_channel: bool) -> tuple[list[float], list[float]]:
+    """Validate ``min_range``/``max_range`` pairs: flat, finite, equal lengths, each ``min < max``."""
+    lows = v.check_floats("min_range", min_range)
+    highs = v.check_floats("max_range", max_range)
+    v.check_count("min_range", lows, per_channel)
+    if len(lows) != len(highs):
+        raise ValueError(
+            f"min_range has {len(lows)} values and max_range {len(highs)}; allowed: the same number of values"
+        )
+    for i, (lo, hi) in enumerate(zip(lows, highs)):
+        if not lo < hi:
+            raise ValueError(f"min_range[{i}]={lo!r} is not below max_range[{i}]={hi!r}; allowed: min < max")
+    return lows, highs

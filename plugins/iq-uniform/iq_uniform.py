@@ -1,0 +1,107 @@
+"""Uniform quantizers: an arbitrary range ``[min_range, max_range]`` per tensor or per channel.
+
+The range is first moved so that 0 lies exactly on the grid, as the seed's library does (in float64):
+
+    step  = (max - min) / (2**num_bits - 1 - narrow_range)
+    min'  = step * round_half_even(min / step),  max' = max - min + min'     if min <= 0 <= max
+    min'  = 0, max' = max                                                   if min > 0
+    min'  = min, max' = 0                                                   if max < 0
+
+and ``[min', max']`` is handed to TensorFlow's fake-quant grid.
+"""
+
+import numpy as np
+
+import iqcore
+from iqcore import validation as v
+from iqcore.quantizer import CONFIG_VERSION, check_ranges
+
+
+def range_including_zero(lows, highs, num_bits, narrow_range=False):
+    """Move each ``[low, high]`` so that 0 is exactly on the grid (float64, see the module docstring)."""
+    lo = np.asarray(lows, dtype=np.float64)
+    hi = np.asarray(highs, dtype=np.float64)
+    step = (hi - lo) / (2**num_bits - 1 - int(narrow_range))
+    min_adj = step * np.round(lo / step)
+    max_adj = hi - lo + min_adj
+    mid = (lo <= 0) & (hi >= 0)
+    min_adj = np.where(mid, min_adj, np.where(hi < 0, lo, 0.0))
+    max_adj = np.where(mid, max_adj, np.where(lo > 0, hi, 0.0))
+    return np.minimum(min_adj, 0.0), np.maximum(max_adj, 0.0)
+
+
+class WeightsUniformInferableQuantizer(iqcore.InferableQuantizer):
+    """Uniform weights grid on ``[min_range, max_range]`` (0 moved onto the grid), per tensor or channel.
+
+    Args:
+        num_bits: Bit width, an int in 2..16.
+        min_range, max_range: One range per-tensor, or one per channel; each ``min < max``.
+        per_channel: One range per channel along ``channel_axis``.
+        channel_axis: The channel axis, in ``[-input_rank, input_rank)``; needed when ``per_channel``.
+        input_rank: Rank of the tensors this quantizer is called on; needed when ``per_channel``.
+        narrow_range: Use ``2**num_bits - 2`` steps over the range (the lowest code unused).
+    """
+
+    method = "uniform"
+    target = "weights"
+
+    def __init__(self, num_bits, min_range, max_range, per_channel=False, channel_axis=None, input_rank=None,
+                 narrow_range=False):
+        self.num_bits = v.check_num_bits(num_bits)
+        self.per_channel = v.check_bool("per_channel", per_channel)
+        self.narrow_range = v.check_bool("narrow_range", narrow_range)
+        self.min_range, self.max_range = check_ranges(min_range, max_range, self.per_channel)
+        axis, rank = v.check_layout(self.per_channel, channel_axis, input_rank)
+        self.channel_axis = None if channel_axis is None else int(channel_axis)
+        self.input_rank = rank
+        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
+        if not self.per_channel:
+            low, high = low[0], high[0]
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank)
+
+    def get_config(self):
+        return {
+            "num_bits": self.num_bits,
+            "min_range": list(self.min_range),
+            "max_range": list(self.max_range),
+            "per_channel": self.per_channel,
+            "channel_axis": self.channel_axis,
+            "input_rank": self.input_rank,
+            "narrow_range": self.narrow_range,
+            "config_version": CONFIG_VERSION,
+        }
+
+
+class ActivationUniformInferableQuantizer(iqcore.InferableQuantizer):
+    """Uniform per-tensor activation grid on ``[min_range, max_range]`` (0 moved onto the grid).
+
+    Args:
+        num_bits: Bit width, an int in 2..16.
+        min_range, max_range: The range (numbers or one-element lists), ``min < max``.
+        narrow_range: Use ``2**num_bits - 2`` steps over the range (the lowest code unused).
+    """
+
+    method = "uniform"
+    target = "activation"
+
+    def __init__(self, num_bits, min_range, max_range, narrow_range=False):
+        self.num_bits = v.check_num_bits(num_bits)
+        self.narrow_range = v.check_bool("narrow_range", narrow_range)
+        self.min_range, self.max_range = check_ranges(min_range, max_range, per_channel=False)
+        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
+        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range)
+
+    def get_config(self):
+        return {
+            "num_bits": self.num_bits,
+            "min_range": list(self.min_range),
+            "max_range": list(self.max_range),
+            "narrow_range": self.narrow_range,
+            "config_version": CONFIG_VERSION,
+        }
+
+
+@iqcore.hookimpl
+def register_quantizers(register):
+    register(WeightsUniformInferableQuantizer)
+    register(ActivationUniformInferableQuantizer)
