@@ -13,3 +13,60 @@ def tests(session):
     """The default test suite on the newest TensorFlow."""
     session.install("-e", ".[cpu,test]", *PLUGINS)
     session.run("pytest", "-q", *session.posargs)
+
+
+# -- TensorFlow-version matrix (issue 5) -------------------------------------------------------------------
+# Each row is (python, tensorflow-cpu, keras requirement, legacy): a pair, not a cross product, with Keras pinned
+# per row. ``legacy`` rows run Keras 2 on TF >= 2.16 through tf-keras and TF_USE_LEGACY_KERAS=1.
+# nox finds each interpreter as ``pythonX.Y`` on PATH; with pyenv, expose them all first, e.g.
+#   PYENV_VERSION=3.13.0:3.12.1:3.11.7 nox -s matrix
+MATRIX = [
+    ("3.11", "2.15.1", "keras==2.15.0", False),
+    ("3.12", "2.16.2", "keras==3.3.3", False),
+    ("3.13", "2.21.0", "keras==3.15.1", False),
+    ("3.12", "2.21.0", "tf-keras==2.21.0", True),
+]
+MATRIX_IDS = ["tf2.15-keras2", "tf2.16-keras3", "tf2.21-keras3", "tf2.21-tf_keras"]
+
+
+@nox.session
+@nox.parametrize(("python", "tensorflow", "keras", "legacy"), MATRIX, ids=MATRIX_IDS)
+def matrix(session, tensorflow, keras, legacy):
+    """The test suite on one (Python, TensorFlow, Keras) row of the supported range."""
+    session.install(f"tensorflow-cpu=={tensorflow}", keras, "-e", ".[test,demo]", *PLUGINS)
+    env = {"TF_USE_LEGACY_KERAS": "1"} if legacy else {}
+    session.run("python", "-c", "import tensorflow as tf; print('tensorflow', tf.__version__, 'keras',"
+                " getattr(tf.keras, '__version__', '?'))", env=env)
+    session.run("pytest", "-q", *session.posargs, env=env)
+
+
+@nox.session(python="3.11")
+def lint(session):
+    """ruff on every Python file of the repository."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session):
+    """mypy on iqcore and the plugins (TensorFlow is untyped: its imports are ignored)."""
+    session.install("mypy", "numpy", "pluggy", "-e", ".", *PLUGINS)
+    session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent", "iqcore",
+                "plugins/iq-pot/iq_pot.py", "plugins/iq-symmetric/iq_symmetric.py",
+                "plugins/iq-uniform/iq_uniform.py", "examples/iq-lut/iq_lut")
+
+
+@nox.session(python="3.11")
+def docs(session):
+    """Regenerate the transfer-function plots and build the site; any warning fails the build."""
+    session.install("mkdocs", "matplotlib", "-e", ".[cpu]", *PLUGINS)
+    session.run("python", "docs/scripts/transfer_plots.py", "docs/img")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session(python="3.11")
+def example_plugin(session):
+    """Install the third-party example plugin (not editable) next to iqcore; run its tests and the CLI."""
+    session.install("-e", ".[cpu,test]", *PLUGINS, "./examples/iq-lut")
+    session.run("iqcore", "list")
+    session.run("pytest", "-q", "examples/iq-lut/tests", *session.posargs)
