@@ -189,3 +189,52 @@ def dequantize(codes_, grid: Grid) -> np.ndarray:
     zp = np.reshape(grid.zero_point, shape)
     scale = np.reshape(grid.scale, shape)
     return ((np.asarray(codes_, dtype=np.int64) - zp).astype(F32) * scale).astype(F32)
+
+
+def probe_values(grid: Grid, max_ties: int = 512, seed: int = 0) -> list[np.ndarray]:
+    """Inputs that probe a grid's rounding, one float32 array per channel (one array per-tensor).
+
+    Each array holds rounding ties in both forms TensorFlow's arithmetic meets them (``nmin + (k + 0.5)s``
+    and ``(k + 0.5 - qz)s``), their ±1-ulp neighbours, the nudged ends and one step beyond, 0 and -0, ±inf,
+    NaN, float32's extremes and a subnormal, and random values over the range; ``max_ties`` caps the ties
+    sampled per channel at high bit widths.
+    """
+    rng = np.random.default_rng(seed)
+    probes = []
+    for scale, nmin, nmax, qz in zip(*(np.atleast_1d(a) for a in (grid.scale, grid.nudged_min, grid.nudged_max,
+                                                                   grid.quant_zero))):
+        levels = 2**grid.num_bits - 1 - int(grid.narrow_range)
+        k = np.arange(levels, dtype=np.float64)
+        if levels > max_ties:
+            k = np.unique(np.concatenate([k[:8], k[-8:], rng.choice(k, max_ties, replace=False)]))
+        k = k.astype(F32)
+        with np.errstate(all="ignore"):
+            ties = np.concatenate([nmin + (k + F32(0.5)) * scale, (k + F32(0.5) - qz) * scale]).astype(F32)
+            span = F32(nmax - nmin)
+            randoms = rng.uniform(nmin - 0.1 * span, nmax + 0.1 * span, 256).astype(F32)
+        ends = np.array([nmin, nmax, nmin - scale, nmax + scale, 0.0, -0.0, np.inf, -np.inf, np.nan,
+                         3.4e38, -3.4e38, 1e-40, -1e-40], dtype=F32)
+        up = np.nextafter(ties, F32(np.inf))
+        down = np.nextafter(ties, F32(-np.inf))
+        probes.append(np.concatenate([ties, up, down, ends, randoms]).astype(F32))
+    return probes
+
+
+def probe_tensor(grid: Grid, per_channel_count: int = 512, seed: int = 0) -> np.ndarray:
+    """:func:`probe_values` laid out as one input tensor for ``grid``.
+
+    Per-tensor: a 1-d array of every probe. Per-channel: a ``grid.rank``-d array whose slice at channel c
+    along ``grid.axis`` holds ``per_channel_count`` of channel c's probes (a power of two; one at rank 1,
+    where channels take successive probes in turn so that all are covered across channels).
+    """
+    probes = probe_values(grid, seed=seed)
+    if grid.axis is None:
+        return probes[0]
+    count = 1 if grid.rank == 1 else per_channel_count
+    rows = []
+    for c, p in enumerate(probes):
+        start = (c * count) % len(p)
+        rows.append(np.take(p, np.arange(start, start + count), mode="wrap"))
+    other = [] if grid.rank == 1 else [count // 2 ** (grid.rank - 2)] + [2] * (grid.rank - 2)
+    laid = np.stack(rows).reshape([len(probes)] + other)
+    return np.ascontiguousarray(np.moveaxis(laid, 0, grid.axis))

@@ -1,12 +1,16 @@
 """TensorFlow kernels that compute :mod:`iqcore.grid`'s formula bit-exactly in eager, graph and XLA modes.
 
-Two traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactness.md):
+Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactness.md):
 
-* Grappler (graph mode) rewrites ``x / constant`` into ``x * (1 / constant)`` and XLA does the same, which
-  flips whole steps for scales that are not powers of two. The kernel never divides: it multiplies in
-  float64 by ``1 / scale`` rounded to float64 and rounds the product to float32. For float32 ``u`` and
-  ``scale`` that equals the correctly rounded quotient ``u / scale`` (``u / scale`` is never a float32
-  midpoint, and the float64 product is within 2**-52 of it while a midpoint is at least 2**-49 away).
+* Grappler (graph mode) and XLA rewrite ``x / constant`` into ``x * (1 / constant)``, which flips whole
+  steps for scales that are not powers of two. The kernel never divides: it multiplies in float64 by
+  ``1 / scale`` rounded to float64 and rounds the product to float32. For float32 ``u`` and ``scale`` that
+  equals the correctly rounded quotient ``u / scale`` (``u / scale`` is never a float32 midpoint, and the
+  float64 product is within 2**-52 of it while a midpoint is at least 2**-49 away).
+* XLA folds ``(x - c1) - c2`` into ``x - (c1 + c2)``, dropping the float32 rounding of ``x - nmin`` that
+  TensorFlow's kernel performs (and that makes an input one ulp below a tie round up). Every step is
+  therefore computed in float64 and rounded to float32 by an explicit cast, which no optimizer removes;
+  double rounding is innocuous for +, -, * at 53 vs 24 bits.
 * XLA on CPU fuses ``a * b - c`` into an FMA. No product here feeds an addition directly.
 
 Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
@@ -86,17 +90,30 @@ def _params(grid: Grid):
         np.reshape(grid.nudged_min, shape),
         np.reshape(grid.nudged_max, shape),
         np.reshape(grid.reciprocal, shape),
-        np.reshape(grid.quant_zero, shape),
+        np.reshape(grid.quant_zero.astype(np.float64), shape),
         np.reshape(grid.scale, shape),
     )
 
 
+def _rounded(x64: tf.Tensor) -> tf.Tensor:
+    """Round a float64 result to float32 and widen it back: one float32 rounding no optimizer can drop."""
+    return tf.cast(tf.cast(x64, tf.float32), tf.float64)
+
+
 def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
-    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`)."""
+    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`).
+
+    Each float32 operation of TensorFlow's kernel is done in float64, where it is exact (or, for the
+    division, within 2**-52), then rounded to float32 by a cast: double rounding is innocuous for these
+    operations at 53 vs 24 bits, and neither Grappler nor XLA can reassociate across the casts (XLA folds
+    ``(x - c1) - c2`` into ``x - (c1 + c2)`` otherwise, dropping the rounding of ``x - nmin``).
+    """
     nmin, nmax, reciprocal, quant_zero, _ = _params(grid)
-    shifted = tf.minimum(tf.maximum(x32, nmin), nmax) - nmin
-    scaled = tf.cast(tf.cast(shifted, tf.float64) * reciprocal, tf.float32)
-    return tf.floor(scaled - quant_zero + 0.5)
+    clamped = tf.cast(tf.minimum(tf.maximum(x32, nmin), nmax), tf.float64)
+    shifted = _rounded(clamped - nmin.astype(np.float64))
+    scaled = _rounded(shifted * reciprocal)
+    centred = _rounded(scaled - quant_zero)
+    return tf.floor(tf.cast(centred + 0.5, tf.float32))
 
 
 def fake_quant(x, grid: Grid) -> tf.Tensor:
