@@ -21,6 +21,21 @@ from iqcore.registry import QuantizerInfo, get_quantizer, list_quantizers
 
 __version__ = "0.1.0"
 
+
+def load_model(path, *args, **kwargs):
+    """Load a Keras model holding iqcore layers; see :func:`iqcore.keras.load_model` (imported lazily)."""
+    from iqcore import keras as iqkeras
+
+    return iqkeras.load_model(path, *args, **kwargs)
+
+
+def __getattr__(name):
+    if name == "keras":  # lazy: importing tf.keras costs time that pure quantizer users need not pay
+        import importlib
+
+        return importlib.import_module("iqcore.keras")
+    raise AttributeError(f"module 'iqcore' has no attribute {name!r}")
+
 __all__ = [
     "InferableQuantizer",
     "PluginError",
@@ -33,4 +48,5 @@ __all__ = [
     "hookimpl",
     "keras_inferable_quantizers",
     "list_quantizers",
+    "load_model",
 ]

@@ -97,6 +97,7 @@ def make_grid(
     narrow_range: bool = False,
     axis: int | None = None,
     rank: int | None = None,
+    source: dict[str, list[float]] | None = None,
 ) -> Grid:
     """Nudge a float range onto TensorFlow's fake-quant grid.
 
@@ -106,6 +107,8 @@ def make_grid(
         narrow_range: Leave the lowest integer code unused.
         axis: Non-negative channel axis for a per-channel grid, or None.
         rank: Input rank for a per-channel grid.
+        source: The user-facing parameters the range came from (``{"threshold": [...]}``), one value per
+            channel, named in the error message.
 
     Returns:
         The :class:`Grid`.
@@ -114,8 +117,9 @@ def make_grid(
         ValueError: If the range does not give a finite, normal float32 grid (``min >= max``, a scale too
             small for float32, or a range that overflows it).
     """
-    lo = np.asarray(min_range, dtype=np.float64).astype(F32)
-    hi = np.asarray(max_range, dtype=np.float64).astype(F32)
+    with np.errstate(over="ignore"):  # a bound beyond float32 becomes inf and is refused below
+        lo = np.asarray(min_range, dtype=np.float64).astype(F32)
+        hi = np.asarray(max_range, dtype=np.float64).astype(F32)
     qmin = F32(1 if narrow_range else 0)
     qmax = F32(2**num_bits - 1)
     with np.errstate(all="ignore"):
@@ -129,8 +133,9 @@ def make_grid(
     bad = ~(np.isfinite(scale) & (scale >= F32_TINY) & np.isfinite(nudged_min) & np.isfinite(nudged_max))
     if np.any(bad):
         i = int(np.flatnonzero(np.atleast_1d(bad))[0])
+        named = ", ".join(f"{k}[{i}]={vals[i]!r}" for k, vals in (source or {}).items())
         raise ValueError(
-            f"range [{np.atleast_1d(lo)[i]!r}, {np.atleast_1d(hi)[i]!r}] at {num_bits} bits gives a float32 step "
+            (f"{named}: " if named else "") + f"range [{np.atleast_1d(lo)[i]!r}, {np.atleast_1d(hi)[i]!r}] at {num_bits} bits gives a float32 step "
             f"of {np.atleast_1d(scale)[i]!r}; allowed: a finite step of at least {F32_TINY!r} (float32's smallest "
             "normal number) and a range that fits in float32"
         )

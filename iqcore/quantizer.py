@@ -70,8 +70,8 @@ class InferableQuantizer(abc.ABC):
     grid: grid_lib.Grid
 
     # -- building --------------------------------------------------------------------------------------
-    def _set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None) -> None:
-        self.grid = grid_lib.make_grid(min_range, max_range, num_bits, narrow_range, axis, rank)
+    def _set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None, source=None) -> None:
+        self.grid = grid_lib.make_grid(min_range, max_range, num_bits, narrow_range, axis, rank, source)
 
     # -- the quantizer -------------------------------------------------------------------------------
     def __call__(self, x):
@@ -188,7 +188,7 @@ class ThresholdWeightsQuantizer(InferableQuantizer):
         low, high = threshold_range(self.threshold, self.num_bits, True, self.narrow_range)
         if not self.per_channel:
             low, high = low[0], high[0]
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank)
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"threshold": self.threshold})
 
     def check_threshold(self, values: list[float]) -> list[float]:
         """Validate thresholds; methods with stricter rules (power of two) extend this."""
@@ -225,7 +225,7 @@ class ThresholdActivationQuantizer(InferableQuantizer):
         self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
         v.check_count("threshold", self.threshold, per_channel=False)
         low, high = threshold_range(self.threshold, self.num_bits, self.signed, self.narrow_range)
-        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range)
+        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range, source={"threshold": self.threshold})
 
     def check_threshold(self, values: list[float]) -> list[float]:
         """Validate thresholds; methods with stricter rules (power of two) extend this."""

@@ -57,7 +57,8 @@ class WeightsUniformInferableQuantizer(iqcore.InferableQuantizer):
         low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
         if not self.per_channel:
             low, high = low[0], high[0]
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank)
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
+                       {"min_range": self.min_range, "max_range": self.max_range})
 
     def get_config(self):
         return {
@@ -89,7 +90,8 @@ class ActivationUniformInferableQuantizer(iqcore.InferableQuantizer):
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
         self.min_range, self.max_range = check_ranges(min_range, max_range, per_channel=False)
         low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
-        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range)
+        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range,
+                       source={"min_range": self.min_range, "max_range": self.max_range})
 
     def get_config(self):
         return {

@@ -1,0 +1,809 @@
+"""Quantized Keras models: layers, a one-call model quantizer, loading, and int8 TFLite export.
+
+Works with ``tf.keras`` on Keras 3 (TensorFlow >= 2.16) and on Keras 2 (TensorFlow 2.15, or ``tf-keras`` with
+``TF_USE_LEGACY_KERAS=1``)::
+
+    import iqcore
+    from iqcore.keras import quantize_model, to_tflite
+
+    qmodel = quantize_model(model, weights_method="symmetric", activation_method="uniform",
+                            representative_data=calibration_batches)
+    qmodel.save("m.keras")
+    same = iqcore.load_model("m.keras")          # discovers the plugins first
+    tflite_bytes = to_tflite(qmodel)             # int8, with the quantizers' own scales
+
+Design (see docs/keras.md):
+
+* :class:`QuantizationWrapper` quantizes the wrapped layer's named weights **once**, in place, when it is built
+  (and again after :meth:`QuantizationWrapper.set_weights`). The layer then runs on its own code at float
+  speed with weights on the quantizer's grid: the same numbers as re-quantizing on every call, since a
+  quantizer maps grid values to themselves.
+* Quantizers are stored in a layer's config as ``{"method", "target", "distribution", "config"}`` and rebuilt
+  through :func:`iqcore.registry.get_class`, so a missing plugin is reported by name and the quantizer's own
+  validation refuses tampered values.
+* For TFLite the wrappers switch to an export form that puts TensorFlow's FakeQuant ops (8-bit, narrow range,
+  scale equal to the quantizer's) on the already-quantized weights; a per-channel Dense is expressed as a
+  1x1 convolution, a form the converter accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore import registry
+from iqcore.quantizer import InferableQuantizer
+
+keras = tf.keras
+
+#: True on Keras 3 (``tf.keras`` of TensorFlow >= 2.16 without ``TF_USE_LEGACY_KERAS``).
+KERAS_3 = hasattr(keras, "StatelessScope")
+
+PACKAGE = "iqcore"
+QUANTIZER_KEYS = ("method", "target", "distribution", "config")
+
+# Weight names that mean the same weight on Keras 2 and Keras 3 (DepthwiseConv2D's kernel).
+_ALIASES = {"kernel": ("depthwise_kernel",), "depthwise_kernel": ("kernel",)}
+
+
+# -- quantizers inside layer configs ---------------------------------------------------------------------
+def serialize_quantizer(quantizer: InferableQuantizer) -> dict[str, Any]:
+    """``{"method", "target", "distribution", "config"}`` for a quantizer, as JSON-able data.
+
+    Raises:
+        TypeError: If ``quantizer`` is not an :class:`iqcore.InferableQuantizer`.
+    """
+    if not isinstance(quantizer, InferableQuantizer):
+        raise TypeError(
+            f"quantizer must be an iqcore.InferableQuantizer; got {quantizer!r} ({type(quantizer).__name__})"
+        )
+    info = registry.entries().get((quantizer.method, quantizer.target))
+    distribution = info.distribution if info is not None and info.cls is type(quantizer) else "unknown"
+    return {
+        "method": quantizer.method,
+        "target": quantizer.target,
+        "distribution": distribution,
+        "config": quantizer.get_config(),
+    }
+
+
+def deserialize_quantizer(data, where: str = "quantizer", target: str | None = None) -> InferableQuantizer:
+    """Rebuild a quantizer from :func:`serialize_quantizer`'s output, validating every key and value.
+
+    Args:
+        data: The stored dict.
+        where: Which parameter this is (e.g. ``"dense/weights_quantizers['kernel']"``), used in errors.
+        target: The target the caller needs (``"weights"`` or ``"activation"``), or None.
+
+    Raises:
+        ValueError: For unknown/missing keys, a method with no installed plugin (naming the distribution to
+            install), a wrong target, or any value the quantizer's own validation refuses.
+        TypeError: For values of the wrong type.
+    """
+    if isinstance(data, InferableQuantizer):
+        return _check_target(data, where, target)
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} must be a dict with keys {list(QUANTIZER_KEYS)}; got {type(data).__name__}")
+    unknown = sorted(set(data) - set(QUANTIZER_KEYS))
+    missing = [k for k in ("method", "target", "config") if k not in data]
+    if unknown or missing:
+        raise ValueError(
+            f"{where} has unknown keys {unknown} and missing keys {missing}; allowed keys: {list(QUANTIZER_KEYS)}"
+        )
+    method, stored_target, distribution = data["method"], data["target"], data.get("distribution", "unknown")
+    for key, value in (("method", method), ("target", stored_target), ("distribution", distribution)):
+        if not isinstance(value, str):
+            raise TypeError(f"{where}['{key}'] must be a str; got {value!r} ({type(value).__name__})")
+    if target is not None and stored_target != target:
+        raise ValueError(f"{where}['target'] is {stored_target!r}; allowed here: {target!r}")
+    try:
+        cls = registry.get_class(method, stored_target)
+    except ValueError as e:
+        if (method.lower(), stored_target) in registry.entries():
+            raise
+        hint = f"pip install {distribution}" if distribution != "unknown" else "install the plugin that provides it"
+        raise ValueError(
+            f"{where} uses quantizer method {method!r} (target {stored_target!r}) from the distribution "
+            f"{distribution!r}, which is not installed or is blocked: {hint}. ({e})"
+        ) from None
+    try:
+        return cls.from_config(data["config"])
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}['config']: {e}") from None
+
+
+def _check_target(q: InferableQuantizer, where: str, target: str | None) -> InferableQuantizer:
+    if target is not None and q.target != target:
+        raise ValueError(f"{where} is a {q.target} quantizer ({type(q).__name__}); allowed here: a {target} quantizer")
+    return q
+
+
+# -- finding a layer's weights ------------------------------------------------------------------------------
+def _base_name(variable) -> str:
+    name = getattr(variable, "name", "")
+    return name.split("/")[-1].split(":")[0]
+
+
+def find_weight(layer, name: str):
+    """The variable of ``layer`` called ``name`` (``kernel`` and ``depthwise_kernel`` are aliases).
+
+    Raises:
+        ValueError: If the layer has no such weight (the message lists the ones it has).
+    """
+    for candidate in (name, *_ALIASES.get(name, ())):
+        for w in layer.weights:
+            if _base_name(w) == candidate:
+                return w
+    names = [_base_name(w) for w in layer.weights]
+    raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no weight {name!r}; allowed: {names}")
+
+
+def _attribute_of(layer, variable) -> str | None:
+    """The attribute of ``layer`` that holds ``variable`` (for Keras 2 export), or None."""
+    for attr, value in vars(layer).items():
+        if value is variable:
+            return attr
+    return None
+
+
+# -- the layers -------------------------------------------------------------------------------------------
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class QuantizationWrapper(keras.layers.Layer):
+    """Runs ``layer`` with its named weights on the quantizers' grids.
+
+    The weights are quantized once, in place, when the wrapper is built (``layer``'s variables then hold grid
+    values; wrap a copy if you still need the float weights), and again after :meth:`set_weights`. Output is
+    bit-identical to re-quantizing the weights on every call.
+
+    Args:
+        layer: A Keras layer (Conv1D, Conv2D, DepthwiseConv2D, Conv2DTranspose, Dense, or any layer whose
+            named weights are given).
+        weights_quantizers: ``{weight name: weights quantizer}``, e.g. ``{"kernel": q}``. ``kernel`` and
+            ``depthwise_kernel`` name the same DepthwiseConv2D weight on Keras 3 and Keras 2.
+        **kwargs: Keras layer arguments (``name``...). ``trainable`` defaults to False: training would move the
+            weights off the grid.
+
+    Raises:
+        TypeError: If ``layer`` is not a Keras layer or a quantizer is not a weights quantizer.
+        ValueError: For an empty ``weights_quantizers``, or (at build) a weight the layer does not have or a
+            quantizer whose per-channel layout does not fit the weight's shape.
+    """
+
+    def __init__(self, layer, weights_quantizers=None, **kwargs):
+        kwargs.setdefault("trainable", False)
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"layer must be a Keras layer; got {layer!r} ({type(layer).__name__})")
+        kwargs.setdefault("name", f"quantized_{layer.name}")
+        super().__init__(**kwargs)
+        if not isinstance(weights_quantizers, dict) or not weights_quantizers:
+            raise ValueError(
+                f"weights_quantizers is {weights_quantizers!r}; allowed: a non-empty dict "
+                "{weight name: weights quantizer}, e.g. {'kernel': q}"
+            )
+        quantizers = {}
+        for name, q in weights_quantizers.items():
+            if not isinstance(name, str):
+                raise TypeError(f"weights_quantizers keys must be weight names (str); got {name!r}")
+            quantizers[name] = deserialize_quantizer(q, f"{self.name}: weights_quantizers[{name!r}]", "weights")
+        self.layer = layer
+        self._quantizers = quantizers
+        self._export = False
+        if layer.built:
+            self._bind()
+
+    @property
+    def weights_quantizers(self) -> dict[str, InferableQuantizer]:
+        """``{weight name: quantizer}`` (a copy)."""
+        return dict(self._quantizers)
+
+    # -- building -------------------------------------------------------------------------------------
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._bind()
+        self.built = True
+
+    def _bind(self) -> None:
+        """Find each named weight, check it fits its quantizer, and quantize it in place."""
+        variables = {}
+        for name, q in self._quantizers.items():
+            var = find_weight(self.layer, name)
+            _check_fits(q, var, f"{self.name}: weights_quantizers[{name!r}]")
+            variables[name] = var
+        self._variables_by_name = variables
+        self.requantize()
+
+    def requantize(self) -> None:
+        """Quantize the wrapped layer's weights in place (after assigning new float weights to it directly)."""
+        if not self.layer.built:
+            return
+        for name, q in self._quantizers.items():
+            var = self._variables_by_name[name]
+            var.assign(q(tf.convert_to_tensor(var)))
+
+    def set_weights(self, weights):
+        """Set the wrapped layer's weights (float values are fine) and quantize them."""
+        self.layer.set_weights(weights)
+        self.requantize()
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    # -- computing ----------------------------------------------------------------------------------
+    def call(self, inputs, *args, **kwargs):
+        if self._export:
+            return self._export_call(inputs, *args, **kwargs)
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def _export_call(self, inputs, *args, **kwargs):
+        if isinstance(self.layer, keras.layers.Dense) and set(self._quantizers) == {"kernel"} and \
+                self._quantizers["kernel"].grid.axis is not None and not args and not kwargs:
+            kernel = tf.convert_to_tensor(self._variables_by_name["kernel"])
+            kernel = tf.reshape(kernel, [1, 1, *kernel.shape])
+            kernel = export_weight(kernel, self._quantizers["kernel"], f"iqcore_{self.name}_kernel", axis=3)
+            return _dense_as_conv(self.layer, inputs, kernel)
+        fq = {name: export_weight(self._variables_by_name[name], q, f"iqcore_{self.name}_{name}")
+              for name, q in self._quantizers.items()}
+        mapping = [(self._variables_by_name[name], value) for name, value in fq.items()]
+        if KERAS_3:
+            with keras.StatelessScope(state_mapping=mapping):
+                return self.layer(inputs, *args, **kwargs)
+        saved = []
+        try:
+            for var, value in mapping:
+                attr = _attribute_of(self.layer, var)
+                if attr is None:
+                    raise ValueError(f"{self.name}: cannot find the attribute holding {var.name} for TFLite export")
+                saved.append((attr, var))
+                object.__setattr__(self.layer, attr, value)
+            return self.layer.call(inputs, *args, **kwargs)
+        finally:
+            for attr, var in saved:
+                object.__setattr__(self.layer, attr, var)
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config["layer"] = keras.layers.serialize(self.layer)
+        config["weights_quantizers"] = {name: serialize_quantizer(q) for name, q in self._quantizers.items()}
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        name = config.get("name", "QuantizationWrapper")
+        if "layer" not in config or "weights_quantizers" not in config:
+            raise ValueError(f"{name}: config needs the keys 'layer' and 'weights_quantizers'")
+        quantizers = config.pop("weights_quantizers")
+        if not isinstance(quantizers, dict) or not quantizers:
+            raise ValueError(f"{name}: weights_quantizers is {quantizers!r}; allowed: a non-empty dict")
+        layer = keras.layers.deserialize(config.pop("layer"), custom_objects=custom_objects)
+        rebuilt = {k: deserialize_quantizer(v, f"{name}: weights_quantizers[{k!r}]", "weights")
+                   for k, v in quantizers.items()}
+        return cls(layer, rebuilt, **config)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class ActivationQuantizationHolder(keras.layers.Layer):
+    """Fake-quantizes its input with an activation quantizer (per tensor).
+
+    float16/bfloat16 inputs (mixed precision) are quantized in float32 and cast back.
+
+    Args:
+        quantizer: An activation quantizer (``iqcore.get_quantizer(method, "activation", ...)``).
+        **kwargs: Keras layer arguments.
+
+    Raises:
+        TypeError: If ``quantizer`` is not an activation quantizer.
+    """
+
+    def __init__(self, quantizer, **kwargs):
+        super().__init__(**kwargs)
+        self.quantizer = deserialize_quantizer(quantizer, f"{self.name}: quantizer", "activation")
+
+    def call(self, inputs):
+        return self.quantizer(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["quantizer"] = serialize_quantizer(self.quantizer)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name = config.get("name", "ActivationQuantizationHolder")
+        if "quantizer" not in config:
+            raise ValueError(f"{name}: config needs the key 'quantizer'")
+        quantizer = deserialize_quantizer(config.pop("quantizer"), f"{name}: quantizer", "activation")
+        return cls(quantizer, **config)
+
+
+def _check_fits(q: InferableQuantizer, var, where: str) -> None:
+    grid = q.grid
+    if grid.axis is None:
+        return
+    shape = tuple(var.shape)
+    if len(shape) != grid.rank or shape[grid.axis] != grid.channels:
+        raise ValueError(
+            f"{where} is per-channel for rank {grid.rank} with {grid.channels} channels on axis {grid.axis}, "
+            f"but the weight {_base_name(var)!r} has shape {shape}; allowed: input_rank={len(shape)} and one "
+            "threshold per channel of the chosen axis"
+        )
+
+
+# -- TFLite export form ---------------------------------------------------------------------------------
+def export_problem(var, q: InferableQuantizer) -> str | None:
+    """Why a quantized weight cannot be stored as TFLite int8 (zero point 0, codes in [-127, 127]), or None."""
+    g = q.grid
+    if g.num_bits > 8:
+        return f"num_bits is {g.num_bits}; allowed for TFLite int8 weights: 2..8"
+    if np.any(g.zero_point != 0):
+        return (f"zero points are {np.unique(g.zero_point).tolist()}; TFLite int8 weights need zero point 0 "
+                "(use a symmetric or power-of-two weights quantizer)")
+    codes = q.to_int(tf.convert_to_tensor(var)).numpy()
+    if codes.min(initial=0) < -127:
+        return ("a weight sits on code -128 (the value -threshold), outside TFLite's [-127, 127]; allowed: a "
+                "quantizer with narrow_range=True (quantize_model's default)")
+    return None
+
+
+def export_weight(var, q: InferableQuantizer, name: str, axis: int | None = None) -> tf.Tensor:
+    """``var`` (already on ``q``'s grid) through an 8-bit narrow-range FakeQuant op whose scale is ``q``'s.
+
+    The converter turns it into int8 weights with exactly ``q.quantization_params()``'s scales and zero point
+    0. Grids below 8 bits are stored in int8 at their own scale (codes within their smaller range).
+    ``axis`` overrides the quantizer's channel axis when ``var`` is a reshaped view of the weight.
+    """
+    g = q.grid
+    scale = g.scale.astype(np.float64)
+    low = (-127.0 * scale).astype(np.float32)
+    high = (127.0 * scale).astype(np.float32)
+    w = tf.convert_to_tensor(var)
+    if g.axis is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            w, float(low), float(high), num_bits=8, narrow_range=True, name=name)
+    shape = list(w.shape)
+    rank = len(shape)
+    axis = g.axis if axis is None else axis
+    if axis == rank - 1:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            w, low, high, num_bits=8, narrow_range=True, name=name)
+    if axis == rank - 2 and rank == 4:
+        # DepthwiseConv2D: [kh, kw, in, multiplier] -> per output channel in * multiplier.
+        mult = shape[-1]
+        flat = tf.reshape(w, shape[:2] + [1, shape[2] * mult])
+        out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            flat, np.repeat(low, mult), np.repeat(high, mult), num_bits=8, narrow_range=True, name=name)
+        return tf.reshape(out, shape)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    inverse = list(np.argsort(perm))
+    out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.transpose(w, perm), low, high, num_bits=8, narrow_range=True, name=name)
+    return tf.transpose(out, inverse)
+
+
+def _dense_as_conv(layer, inputs, kernel):
+    """A Dense layer as a 1x1 Conv2D: the form in which TFLite accepts per-channel Dense weights."""
+    units_in, units_out = kernel.shape[2:]
+    x = tf.convert_to_tensor(inputs)
+    lead = tf.shape(x)[:-1]
+    x4 = tf.reshape(x, [-1, 1, 1, units_in])
+    y = tf.nn.conv2d(x4, kernel, strides=1, padding="VALID")
+    if layer.use_bias:
+        y = y + tf.convert_to_tensor(layer.bias)
+    y = tf.reshape(y, tf.concat([lead, [units_out]], axis=0))
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y
+
+
+def flatten_layers(model) -> list:
+    """Every layer inside ``model`` (nested models and wrappers included), depth first."""
+    out = []
+    stack = list(getattr(model, "layers", []))[::-1]
+    while stack:
+        layer = stack.pop()
+        out.append(layer)
+        inner = list(getattr(layer, "layers", []))
+        if isinstance(layer, QuantizationWrapper):
+            inner = [layer.layer]
+        stack.extend(inner[::-1])
+    return out
+
+
+def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: bool = True) -> bytes:
+    """Convert a quantized Keras model to a fully int8 TFLite flatbuffer that keeps the quantizers' grids.
+
+    Weights of every :class:`QuantizationWrapper` become int8 with exactly their quantizer's scales (zero point
+    0, per channel where the quantizer is), activations take their :class:`ActivationQuantizationHolder`'s
+    range. A Dense with per-channel weights becomes a 1x1 CONV_2D between two RESHAPEs.
+
+    Args:
+        model: A Keras model holding wrappers and holders (put a holder right after the input for int8 input).
+        int8_io: Make the model's input and output int8 (else float32 with QUANTIZE/DEQUANTIZE ops).
+        representative_data: Optional batches for ranges no holder sets (float layers left in the model).
+        check: Re-open the flatbuffer and check every wrapped weight's scales and zero points against the
+            quantizer's ``quantization_params()`` (RuntimeError on a difference).
+
+    Returns:
+        The TFLite model as bytes.
+
+    Raises:
+        ValueError: If a weight cannot be int8 with zero point 0 (uniform weights with a zero point, more than
+            8 bits, a code at -128); the message names the layer and the fix.
+        RuntimeError: If ``check`` finds a scale that differs from the quantizer's.
+    """
+    wrappers = [layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)]
+    for w in wrappers:
+        if not w.built:
+            raise ValueError(f"{w.name} is not built; allowed: a built model (call it once or give it an Input)")
+        for name, q in w._quantizers.items():
+            problem = export_problem(w._variables_by_name[name], q)
+            if problem:
+                raise ValueError(f"{w.name}: weights_quantizers[{name!r}] cannot be exported to TFLite: {problem}")
+    for w in wrappers:
+        w._export = True
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        if representative_data is not None:
+            batches = list(_batches(representative_data))
+            converter.representative_dataset = lambda: ([np.asarray(t, np.float32) for t in b] for b in batches)
+        flatbuffer = converter.convert()
+    finally:
+        for w in wrappers:
+            w._export = False
+    if check:
+        check_tflite(flatbuffer, model)
+    return flatbuffer
+
+
+def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
+    """``{(wrapper name, weight name): tensor details}`` of the wrapped weights in a :func:`to_tflite` file."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    details = interpreter.get_tensor_details()
+    found = {}
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name in w._quantizers:
+            tag = f"iqcore_{w.name}_{name}"
+            hits = [d for d in details if tag in d["name"] and d["dtype"] == np.int8]
+            if len(hits) == 1:
+                d = dict(hits[0])
+                try:
+                    d["value"] = interpreter.get_tensor(d["index"])
+                except ValueError:
+                    d["value"] = None
+                found[(w.name, name)] = d
+    return found
+
+
+def check_tflite(flatbuffer: bytes, model) -> None:
+    """Check that each wrapped weight in ``flatbuffer`` has its quantizer's scales and zero point 0.
+
+    Raises:
+        RuntimeError: For a missing weight tensor or a scale/zero point that differs.
+    """
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name, q in w._quantizers.items():
+            d = tensors.get((w.name, name))
+            if d is None:
+                raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
+            params = d["quantization_parameters"]
+            want = np.repeat(q.grid.scale.reshape(-1), _export_repeat(w, name))
+            got = params["scales"].astype(np.float32)
+            if got.shape != want.shape or not np.array_equal(got, want) or np.any(params["zero_points"] != 0):
+                raise RuntimeError(
+                    f"{w.name}/{name}: TFLite scales {got[:4]}... (zero points {params['zero_points'][:4]}) differ "
+                    f"from the quantizer's {want[:4]}..."
+                )
+
+
+def _export_repeat(wrapper, name) -> int:
+    """How many TFLite channels each quantizer channel becomes (a DepthwiseConv2D's depth multiplier)."""
+    q = wrapper._quantizers[name]
+    var = wrapper._variables_by_name[name]
+    g = q.grid
+    if g.axis is not None and g.rank == 4 and g.axis == 2:
+        return int(var.shape[-1])
+    return 1
+
+
+# -- building a quantized model -----------------------------------------------------------------------------
+#: Layer types :func:`quantize_model` quantizes by default, with their per-channel (output) axis of the kernel.
+KERNEL_AXES = {
+    "Conv1D": -1,
+    "Conv2D": -1,
+    "Conv3D": -1,
+    "Dense": -1,
+    "DepthwiseConv2D": -2,
+    "Conv2DTranspose": -2,
+}
+WEIGHTS_METHODS = ("symmetric", "pot", "uniform")
+
+
+def _batches(data):
+    """Yield lists of numpy arrays (one per model input) from an array, a tf.data.Dataset or an iterable."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        data = [data]
+    for batch in data:
+        if isinstance(batch, dict):
+            raise TypeError("representative_data batches must be arrays or lists of arrays; got a dict")
+        if isinstance(batch, (list, tuple)):
+            yield [np.asarray(b) for b in batch]
+        else:
+            yield [np.asarray(batch)]
+
+
+def power_of_two_ceil(values: np.ndarray) -> np.ndarray:
+    """Smallest power of two >= each (positive) value."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.exp2(np.ceil(np.log2(values)))
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    fallback = values.max() if values.size and values.max() > 0 else 1.0
+    return np.where(values > 0, values, fallback)
+
+
+def calibrate_weights(weight: np.ndarray, method: str, num_bits: int = 8, per_channel: bool = True,
+                      axis: int = -1, narrow_range: bool = True) -> InferableQuantizer:
+    """A weights quantizer whose thresholds (or ranges) come from ``weight``.
+
+    symmetric: per-channel max |w|; pot: that, rounded up to a power of two; uniform: per-channel min and max.
+    All-zero channels take the tensor's largest value (or 1.0) so that every threshold is positive.
+
+    Raises:
+        ValueError: For an unknown method or an axis outside the weight's rank.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    rank = w.ndim
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis is {axis} for a weight of rank {rank}; allowed: {-rank}..{rank - 1}")
+    axis %= rank
+    reduce_axes = tuple(i for i in range(rank) if i != axis) if per_channel else None
+    layout = dict(per_channel=True, channel_axis=axis, input_rank=rank) if per_channel else {}
+    if method in ("symmetric", "pot"):
+        t = _positive(np.atleast_1d(np.max(np.abs(w), axis=reduce_axes)))
+        if method == "pot":
+            t = power_of_two_ceil(t)
+        return registry.get_quantizer(method, "weights", num_bits=num_bits, threshold=t.tolist(),
+                                      narrow_range=narrow_range, **layout)
+    if method == "uniform":
+        lo = np.atleast_1d(np.min(w, axis=reduce_axes))
+        hi = np.atleast_1d(np.max(w, axis=reduce_axes))
+        width = _positive(hi - lo)
+        hi = np.where(hi > lo, hi, lo + width)
+        return registry.get_quantizer(method, "weights", num_bits=num_bits, min_range=lo.tolist(),
+                                      max_range=hi.tolist(), narrow_range=narrow_range, **layout)
+    return registry.get_quantizer(method, "weights", num_bits=num_bits)  # raises, listing what exists
+
+
+def calibrate_activation(low: float, high: float, method: str, num_bits: int = 8) -> InferableQuantizer:
+    """An activation quantizer for observed values in ``[low, high]``.
+
+    uniform: the range itself; symmetric: threshold max(|low|, |high|), signed when low < 0; pot: that
+    threshold rounded up to a power of two.
+    """
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"observed activation range [{low}, {high}] is not finite; check representative_data")
+    if method == "uniform":
+        if not low < high:  # a constant activation: widen to a unit range that keeps it
+            low, high = min(low, 0.0), max(high, 0.0) + (1.0 if high >= 0 else 0.0)
+            low = low if low < high else high - 1.0
+        return registry.get_quantizer("uniform", "activation", num_bits=num_bits, min_range=low, max_range=high)
+    if method in ("symmetric", "pot"):
+        t = float(_positive(np.array([max(abs(low), abs(high))]))[0])
+        if method == "pot":
+            t = float(power_of_two_ceil(t))
+        return registry.get_quantizer(method, "activation", num_bits=num_bits, threshold=t, signed=low < 0)
+    return registry.get_quantizer(method, "activation", num_bits=num_bits)  # raises, listing what exists
+
+
+def _clone_layer(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *, weights_method=None,
+                   weights_bits: int = 8, per_channel: bool = True, activation_method=None,
+                   activation_bits: int = 8, representative_data=None, quantize_inputs: bool = True):
+    """A quantized copy of a float Keras model (the float model is left untouched).
+
+    Either give quantizers per layer, or a method and bit widths and let the data set them:
+
+    * weights: each Conv1D/2D/3D, DepthwiseConv2D, Conv2DTranspose and Dense kernel gets a ``weights_method``
+      quantizer (narrow range, per output channel unless ``per_channel=False``): thresholds are the channels'
+      max |w| (``symmetric``), rounded up to a power of two (``pot``), or their min/max (``uniform``);
+    * activations: an :class:`ActivationQuantizationHolder` after each model input (``quantize_inputs``) and
+      after each quantized layer, with a range from the float model's outputs on ``representative_data``
+      (min/max for ``uniform``; max |x| for ``symmetric``, rounded up to a power of two for ``pot``).
+
+    Args:
+        model: A built Sequential or Functional model.
+        weights_quantizers: ``{layer name: {weight name: quantizer}}``; overrides ``weights_method`` per layer.
+        activation_quantizers: ``{layer name: quantizer}`` for the holder after that layer (an input layer's
+            name for a model input); overrides ``activation_method`` per layer.
+        weights_method: ``"symmetric"``, ``"pot"`` or ``"uniform"`` (any installed weights method with the
+            same parameters), or None to quantize only the layers in ``weights_quantizers``.
+        weights_bits: Weight bit width.
+        per_channel: One threshold per output channel.
+        activation_method: Activation method, or None for holders only where ``activation_quantizers`` says.
+        activation_bits: Activation bit width.
+        representative_data: Batches of inputs (an array, a list of batches, or a tf.data.Dataset) used when
+            ``activation_method`` is set.
+        quantize_inputs: With ``activation_method``, also put a holder after each model input.
+
+    Returns:
+        A new Keras model with :class:`QuantizationWrapper` and :class:`ActivationQuantizationHolder` layers.
+
+    Raises:
+        ValueError: For unknown layer names, a method without ``representative_data``, or a model type this
+            helper cannot rebuild (the message says what to do).
+    """
+    weights_quantizers = dict(weights_quantizers or {})
+    activation_quantizers = dict(activation_quantizers or {})
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a Keras model; got {type(model).__name__}")
+    if not model.built:
+        raise ValueError("model is not built; allowed: a model with known input shapes (give it an Input)")
+    names = {layer.name for layer in model.layers}
+    input_names = [t._keras_history[0].name for t in model.inputs]
+    unknown = sorted((set(weights_quantizers) | set(activation_quantizers)) - names - set(input_names))
+    if unknown:
+        raise ValueError(f"unknown layer names {unknown}; allowed: {sorted(names | set(input_names))}")
+    if activation_method is not None and representative_data is None:
+        raise ValueError("activation_method needs representative_data (batches of model inputs) for the ranges")
+
+    # Weights: build the quantizers from the float weights.
+    plan_w: dict[str, dict[str, InferableQuantizer]] = {}
+    for layer in model.layers:
+        if layer.name in weights_quantizers:
+            plan_w[layer.name] = dict(weights_quantizers[layer.name])
+        elif weights_method is not None and type(layer).__name__ in KERNEL_AXES and layer.weights:
+            kernel = find_weight(layer, "kernel")
+            plan_w[layer.name] = {"kernel": calibrate_weights(
+                kernel.numpy(), weights_method, weights_bits, per_channel, KERNEL_AXES[type(layer).__name__])}
+
+    # Activations: ranges from the float model's outputs.
+    plan_a: dict[str, InferableQuantizer] = dict(activation_quantizers)
+    if activation_method is not None:
+        targets = [n for n in plan_w if n not in plan_a]
+        if quantize_inputs:
+            targets = [n for n in input_names if n not in plan_a] + targets
+        ranges = _observe(model, targets, representative_data)
+        for n in targets:
+            plan_a[n] = calibrate_activation(*ranges[n], activation_method, activation_bits)
+    for n, q in plan_a.items():
+        deserialize_quantizer(q, f"activation_quantizers[{n!r}]", "activation")
+
+    def wrap(layer):
+        clone = _clone_layer(layer)
+        if layer.name in plan_w:
+            return QuantizationWrapper(clone, plan_w[layer.name], name=f"{layer.name}_quantized")
+        return clone
+
+    if isinstance(model, keras.Sequential):
+        new = _rebuild_sequential(model, wrap, plan_a, input_names)
+    else:
+        new = _rebuild_functional(model, wrap, plan_a, input_names)
+    _copy_weights(model, new)
+    return new
+
+
+def _holder(name, q):
+    return ActivationQuantizationHolder(q, name=f"{name}_activation")
+
+
+def _rebuild_sequential(model, wrap, plan_a, input_names):
+    inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name=input_names[0])
+    x = inputs
+    if input_names[0] in plan_a:
+        x = _holder(input_names[0], plan_a[input_names[0]])(x)
+    for layer in model.layers:
+        x = wrap(layer)(x)
+        if layer.name in plan_a:
+            x = _holder(layer.name, plan_a[layer.name])(x)
+    return keras.Model(inputs, x, name=f"{model.name}_quantized")
+
+
+def _rebuild_functional(model, wrap, plan_a, input_names):
+    if not KERAS_3:
+        if plan_a:
+            raise ValueError(
+                "inserting activation holders into a Functional model needs Keras 3 (clone_model's "
+                "call_function); on Keras 2 use a Sequential model or add ActivationQuantizationHolder layers "
+                "yourself"
+            )
+        return keras.models.clone_model(model, clone_function=wrap)
+    held = {}
+
+    def call(layer, *args, **kwargs):
+        def quantize_input(t):
+            history = getattr(t, "_keras_history", None)
+            op = history[0] if history else None
+            if op is not None and isinstance(op, keras.layers.InputLayer) and op.name in plan_a:
+                if id(t) not in held:
+                    held[id(t)] = _holder(op.name, plan_a[op.name])(t)
+                return held[id(t)]
+            return t
+
+        args = tf.nest.map_structure(quantize_input, args)
+        out = layer(*args, **kwargs)
+        original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
+        if original in plan_a:
+            out = _holder(original, plan_a[original])(out)
+        return out
+
+    return keras.models.clone_model(model, clone_function=wrap, call_function=call)
+
+
+def _copy_weights(model, new) -> None:
+    by_name = {}
+    for layer in new.layers:
+        if isinstance(layer, QuantizationWrapper):
+            by_name[layer.layer.name] = layer
+        else:
+            by_name[layer.name] = layer
+    for layer in model.layers:
+        target = by_name.get(layer.name)
+        if target is not None and layer.weights:
+            target.set_weights(layer.get_weights())
+
+
+def _observe(model, names, data) -> dict[str, tuple[float, float]]:
+    """Min and max of the named layers' outputs (or inputs, for input layer names) over ``data``."""
+    by_name = {layer.name: layer for layer in model.layers}
+    input_names = [t._keras_history[0].name for t in model.inputs]
+    tensors = []
+    for n in names:
+        if n in input_names:
+            tensors.append(model.inputs[input_names.index(n)])
+        else:
+            tensors.append(by_name[n].output)
+    probe = keras.Model(model.inputs, tensors)
+    lows = np.full(len(names), np.inf)
+    highs = np.full(len(names), -np.inf)
+    seen = 0
+    for batch in _batches(data):
+        outs = probe(batch if len(batch) > 1 else batch[0], training=False)
+        if not isinstance(outs, (list, tuple)):
+            outs = [outs]
+        for i, o in enumerate(outs):
+            o = np.asarray(o, dtype=np.float64)
+            lows[i] = min(lows[i], float(o.min()))
+            highs[i] = max(highs[i], float(o.max()))
+        seen += 1
+    if not seen:
+        raise ValueError("representative_data is empty; allowed: at least one batch of model inputs")
+    return {n: (lows[i], highs[i]) for i, n in enumerate(names)}
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+def load_model(path, *args, **kwargs):
+    """``keras.models.load_model`` for models holding iqcore layers (same arguments, ``safe_mode`` included).
+
+    Discovers the installed plugins and registers iqcore's layers first: Keras 3 does not import a registered
+    class's module by itself.
+
+    Raises:
+        ValueError: If a quantizer's method has no installed plugin (naming the method and the distribution
+            to install) or a stored quantizer config is invalid (naming the parameter).
+    """
+    registry.entries()
+    return keras.models.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path, *args, **kwargs)
