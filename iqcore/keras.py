@@ -190,6 +190,7 @@ class QuantizationWrapper(keras.layers.Layer):
                 raise TypeError(f"weights_quantizers keys must be weight names (str); got {name!r}")
             quantizers[name] = deserialize_quantizer(q, f"{self.name}: weights_quantizers[{name!r}]", "weights")
         self.layer = layer
+        self.trainable = kwargs["trainable"]  # Keras 3 passes it on to the wrapped layer only when set here
         self._quantizers = quantizers
         self._export = False
         if layer.built:
@@ -731,26 +732,19 @@ def _rebuild_functional(model, wrap, plan_a, input_names):
                 "yourself"
             )
         return keras.models.clone_model(model, clone_function=wrap)
-    held = {}
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, input_names)]
+    held = {id(t): _holder(n, plan_a[n])(t) for t, n in zip(inputs, input_names) if n in plan_a}
 
     def call(layer, *args, **kwargs):
-        def quantize_input(t):
-            history = getattr(t, "_keras_history", None)
-            op = history[0] if history else None
-            if op is not None and isinstance(op, keras.layers.InputLayer) and op.name in plan_a:
-                if id(t) not in held:
-                    held[id(t)] = _holder(op.name, plan_a[op.name])(t)
-                return held[id(t)]
-            return t
-
-        args = tf.nest.map_structure(quantize_input, args)
+        args = tf.nest.map_structure(lambda t: held.get(id(t), t), args)
         out = layer(*args, **kwargs)
         original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
         if original in plan_a:
             out = _holder(original, plan_a[original])(out)
         return out
 
-    return keras.models.clone_model(model, clone_function=wrap, call_function=call)
+    structure = inputs if len(inputs) > 1 else inputs[0]
+    return keras.models.clone_model(model, input_tensors=structure, clone_function=wrap, call_function=call)
 
 
 def _copy_weights(model, new) -> None:
