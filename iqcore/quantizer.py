@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import importlib
 import inspect
 import json
 from typing import Any, ClassVar
@@ -31,11 +33,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from iqcore import grid as grid_lib
-from iqcore import kernels
 from iqcore import validation as v
 
 CONFIG_VERSION = 1
 TARGETS = ("weights", "activation")
+
+
+@functools.cache
+def _kernels():
+    """iqcore.kernels, imported on first use: building quantizers and discovering plugins needs no TensorFlow."""
+    return importlib.import_module("iqcore.kernels")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,11 +92,11 @@ class InferableQuantizer(abc.ABC):
             TypeError: If ``x`` is not a floating tensor.
             ValueError: If a per-channel quantizer's input has the wrong rank or channel count.
         """
-        return kernels.fake_quant(x, self.grid)
+        return _kernels().fake_quant(x, self.grid)
 
     def to_int(self, x):
         """Signed integer codes of ``x`` (int8 up to 8 bits, int16 above); see :meth:`quantization_params`."""
-        return kernels.codes(x, self.grid)
+        return _kernels().codes(x, self.grid)
 
     def quantization_params(self) -> QuantizationParams:
         """Scale, zero point, code range and axis such that ``float32((to_int(x) - zp) * scale) == self(x)``."""
