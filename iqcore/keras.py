@@ -118,7 +118,10 @@ def deserialize_quantizer(data, where: str = "quantizer", target: str | None = N
 
 def _check_target(q: InferableQuantizer, where: str, target: str | None) -> InferableQuantizer:
     if target is not None and q.target != target:
-        raise ValueError(f"{where} is a {q.target} quantizer ({type(q).__name__}); allowed here: a {target} quantizer")
+        article = "an" if target[0] in "aeiou" else "a"
+        raise ValueError(
+            f"{where} is a {q.target} quantizer ({type(q).__name__}); allowed here: {article} {target} quantizer"
+        )
     return q
 
 
@@ -205,7 +208,9 @@ class QuantizationWrapper(keras.layers.Layer):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self._bind()
+        if not hasattr(self, "_variables_by_name"):
+            with tf.init_scope():  # quantize once, eagerly, even when first built inside a tf.function
+                self._bind()
         self.built = True
 
     def _bind(self) -> None:
