@@ -222,17 +222,21 @@ class QuantizerConformance:
     def test_keras_model_reloads_in_a_fresh_process_with_identical_outputs(self, tmp_path):
         if not keras_available():
             pytest.skip("iqcore.keras (the Keras integration) is not installed")
+        jobs, expected, names = [], [], []
         for i, q in enumerate(self.quantizers()):
             model, x = keras_model_for(q, self.make_input(q))
-            path = tmp_path / f"model{i}.keras"
+            path, x_path, out_path = tmp_path / f"model{i}.keras", tmp_path / f"x{i}.npy", tmp_path / f"y{i}.npz"
             model.save(str(path))
-            np.save(tmp_path / f"x{i}.npy", x)
-            expected = [np.asarray(model(x))] + [np.asarray(w) for w in model.get_weights()]
-            actual = run_reload_in_fresh_process(path, tmp_path / f"x{i}.npy", tmp_path / f"y{i}.npz")
-            check(len(actual) == len(expected), f"{q!r}: {len(actual)} arrays after reloading, {len(expected)} before")
-            for j, (a, e) in enumerate(zip(actual, expected)):
+            np.save(x_path, x)
+            jobs.append((path, x_path, out_path))
+            expected.append([np.asarray(model(x))] + [np.asarray(w) for w in model.get_weights()])
+            names.append(repr(q))
+        reloaded = run_reload_in_fresh_process(jobs)
+        for name, before, after in zip(names, expected, reloaded):
+            check(len(after) == len(before), f"{name}: {len(after)} arrays after reloading, {len(before)} before")
+            for j, (a, e) in enumerate(zip(after, before)):
                 what = "output" if j == 0 else f"weight {j - 1}"
-                check_identical(a, e, f"{q!r}: {what} after reloading {path.name} in a fresh process")
+                check_identical(a, e, f"{name}: {what} after reloading in a fresh process")
 
 
 def keras_model_for(quantizer: InferableQuantizer, x: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -269,19 +273,25 @@ def keras_model_for(quantizer: InferableQuantizer, x: np.ndarray) -> tuple[Any, 
     return model, data
 
 
-def run_reload_in_fresh_process(model_path, x_path, out_path) -> list[np.ndarray]:
-    """Load ``model_path`` with ``iqcore.load_model`` in a new interpreter; its output on ``x_path``'s array
-    followed by its weights."""
+def run_reload_in_fresh_process(jobs) -> list[list[np.ndarray]]:
+    """Load each ``(model_path, x_path, out_path)`` model with ``iqcore.load_model`` in one new interpreter.
+
+    Returns, per model, its output on ``x_path``'s array followed by its weights.
+    """
     code = textwrap.dedent(f"""
         import numpy as np
         import iqcore
-        model = iqcore.load_model({str(model_path)!r})
-        arrays = [np.asarray(model(np.load({str(x_path)!r})))] + [np.asarray(w) for w in model.get_weights()]
-        np.savez({str(out_path)!r}, *arrays)
+        for model_path, x_path, out_path in {[(str(a), str(b), str(c)) for a, b, c in jobs]!r}:
+            model = iqcore.load_model(model_path)
+            arrays = [np.asarray(model(np.load(x_path)))] + [np.asarray(w) for w in model.get_weights()]
+            np.savez(out_path, *arrays)
     """)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     if result.returncode != 0:
-        raise AssertionError(f"reloading {model_path} in a fresh process failed:\n{result.stderr[-3000:]}")
-    with np.load(out_path) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
+        raise AssertionError(f"reloading models in a fresh process failed:\n{result.stderr[-3000:]}")
+    out = []
+    for _, _, out_path in jobs:
+        with np.load(out_path) as data:
+            out.append([data[f"arr_{i}"] for i in range(len(data.files))])
+    return out
