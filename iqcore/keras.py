@@ -539,7 +539,13 @@ KERNEL_AXES = {
     "DepthwiseConv2D": -2,
     "Conv2DTranspose": -2,
 }
-WEIGHTS_METHODS = ("symmetric", "pot", "uniform")
+#: Layers whose outputs stay on their input's grid: :func:`quantize_model` puts no holder after them. Every
+#: other layer's output gets one, as TFLite requantizes every int8 op's output (an average pool included).
+PASS_THROUGH = frozenset({
+    "InputLayer", "Flatten", "Reshape", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D", "Cropping1D", "Cropping2D", "Cropping3D", "ActivationQuantizationHolder",
+})
 
 
 def _batches(data):
@@ -637,7 +643,9 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
       quantizer (narrow range, per output channel unless ``per_channel=False``): thresholds are the channels'
       max |w| (``symmetric``), rounded up to a power of two (``pot``), or their min/max (``uniform``);
     * activations: an :class:`ActivationQuantizationHolder` after each model input (``quantize_inputs``) and
-      after each quantized layer, with a range from the float model's outputs on ``representative_data``
+      after every layer except those that keep their input's grid (:data:`PASS_THROUGH`: reshapes, max
+      pooling, dropout...), as an int8 TFLite model requantizes each op's output; each holder has a range
+      from the float model's outputs on ``representative_data``
       (min/max for ``uniform``; max |x| for ``symmetric``, rounded up to a power of two for ``pot``).
 
     Args:
@@ -689,7 +697,8 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     # Activations: ranges from the float model's outputs.
     plan_a: dict[str, InferableQuantizer] = dict(activation_quantizers)
     if activation_method is not None:
-        targets = [n for n in plan_w if n not in plan_a]
+        targets = [layer.name for layer in model.layers
+                   if layer.name not in plan_a and type(layer).__name__ not in PASS_THROUGH]
         if quantize_inputs:
             targets = [n for n in input_names if n not in plan_a] + targets
         ranges = _observe(model, targets, representative_data)

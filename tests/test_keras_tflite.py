@@ -1,0 +1,140 @@
+"""int8 TFLite export through the real TFLiteConverter and Interpreter: the quantizers' grids survive."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras_models import batches, quantized_cnn, symmetric, uniform_activation, wrapped_dense_model
+
+import iqcore
+from iqcore.keras import ActivationQuantizationHolder, QuantizationWrapper, tflite_weight_tensors, to_tflite
+
+keras = tf.keras
+WRAPPED = ("conv_quantized", "dw_quantized", "fc_quantized")
+
+
+def run_tflite(flatbuffer, x):
+    """Run the int8 model on float ``x``: quantize with the input's parameters, dequantize the output."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    s_in, z_in = inp["quantization"]
+    codes = np.clip(np.floor(x / s_in + 0.5) + z_in, -128, 127).astype(np.int8)
+    interpreter.set_tensor(inp["index"], codes)
+    interpreter.invoke()
+    s_out, z_out = out["quantization"]
+    y = interpreter.get_tensor(out["index"]).astype(np.float32)
+    return (y - z_out) * s_out, s_out, interpreter
+
+
+@pytest.fixture(scope="module", params=["symmetric", "pot"])
+def converted(request):
+    model = quantized_cnn(weights_method=request.param)
+    return model, to_tflite(model)
+
+
+def _tflite_layout(kind, kernel):
+    """A Keras kernel laid out as TFLite stores it."""
+    if kind == "dw":  # [kh, kw, in, mult] -> [1, kh, kw, in * mult]
+        return kernel.reshape(1, *kernel.shape[:2], -1)
+    if kind == "fc":  # [in, out] -> [out, 1, 1, in]
+        return kernel.T.reshape(kernel.shape[1], 1, 1, kernel.shape[0])
+    return np.transpose(kernel, (3, 0, 1, 2))  # conv: [kh, kw, in, out] -> [out, kh, kw, in]
+
+
+def test_every_weight_scale_in_the_file_equals_quantization_params(converted):
+    model, flatbuffer = converted
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for name in WRAPPED:
+        wrapper = model.get_layer(name)
+        params = wrapper.weights_quantizers["kernel"].quantization_params()
+        repeat = wrapper.layer.kernel.shape[-1] if name == "dw_quantized" else 1
+        got = tensors[(name, "kernel")]["quantization_parameters"]
+        np.testing.assert_array_equal(got["scales"].astype(np.float32), np.repeat(params.scale, repeat))
+        np.testing.assert_array_equal(got["zero_points"], np.repeat(params.zero_point, repeat))
+
+
+def test_int8_weights_in_the_file_are_the_quantizer_codes_within_minus127_127(converted):
+    model, flatbuffer = converted
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for name in WRAPPED:
+        wrapper = model.get_layer(name)
+        codes = wrapper.weights_quantizers["kernel"].to_int(wrapper.layer.kernel).numpy()
+        stored = tensors[(name, "kernel")]["value"]
+        np.testing.assert_array_equal(stored, _tflite_layout(name.split("_")[0], codes))
+        assert stored.min() >= -127 and stored.max() <= 127
+
+
+def test_input_and_output_quantization_are_the_holders(converted):
+    model, flatbuffer = converted
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    for details, holder in ((interpreter.get_input_details()[0], "image_activation"),
+                            (interpreter.get_output_details()[0], "fc_activation")):
+        params = model.get_layer(holder).quantizer.quantization_params()
+        scale, zero_point = details["quantization"]
+        assert np.float32(scale) == params.scale and zero_point == params.zero_point
+
+
+def test_interpreter_output_is_within_one_output_step_of_keras(converted):
+    model, flatbuffer = converted
+    x = np.concatenate(batches((16, 16, 3), n=8, seed=11))
+    want = model(x).numpy()
+    got, step, _ = run_tflite(flatbuffer, x)
+    off = np.abs(got - want) / step
+    share = float(np.mean(off > 0.5))
+    print(f"TFLite vs Keras: {share:.2%} of {off.size} outputs off by one step, max {off.max():.3f} steps")
+    assert off.max() <= 1.0 + 1e-3
+
+
+def test_per_channel_dense_converts_to_a_1x1_conv(converted):
+    _, flatbuffer = converted
+    ops = [op["op_name"] for op in tf.lite.Interpreter(model_content=flatbuffer)._get_ops_details()]
+    assert "FULLY_CONNECTED" not in ops and ops.count("CONV_2D") == 2
+
+
+def test_four_bit_weights_convert_to_a_model_that_loads_and_runs():
+    model = quantized_cnn(weights_method="pot", weights_bits=4)
+    flatbuffer = to_tflite(model)
+    x = batches((16, 16, 3), n=1, seed=5)[0]
+    got, step, _ = run_tflite(flatbuffer, x)
+    off = np.abs(got - model(x).numpy()) / step
+    assert off.max() <= 1.0 + 1e-3
+    stored = tflite_weight_tensors(flatbuffer, model)[("conv_quantized", "kernel")]["value"]
+    assert stored.min() >= -8 and stored.max() <= 7
+
+
+def test_standalone_wrapped_dense_converts_with_its_scales():
+    model = wrapped_dense_model()
+    flatbuffer = to_tflite(model)  # check=True compares every scale with quantization_params()
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 12)).astype(np.float32)
+    got, step, _ = run_tflite(flatbuffer, x)
+    assert np.abs(got - model(x).numpy()).max() <= step * (1 + 1e-3)
+
+
+def test_uniform_weights_with_a_nonzero_zero_point_are_refused():
+    q = iqcore.get_quantizer("uniform", "weights", num_bits=8, min_range=[-0.2], max_range=[0.9])
+    inp = keras.Input((4,))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    model = keras.Model(inp, QuantizationWrapper(keras.layers.Dense(3), {"kernel": q})(x))
+    with pytest.raises(ValueError, match="zero point 0"):
+        to_tflite(model)
+
+
+def test_a_weight_on_code_minus_128_is_refused_with_the_fix():
+    q = symmetric((4, 3), 1, narrow_range=False)
+    layer = keras.layers.Dense(3)
+    layer.build((None, 4))
+    kernel = np.zeros((4, 3), np.float32)
+    kernel[0] = -np.asarray(q.threshold, np.float32)
+    layer.set_weights([kernel, np.zeros(3, np.float32)])
+    inp = keras.Input((4,))
+    model = keras.Model(inp, QuantizationWrapper(layer, {"kernel": q})(inp))
+    with pytest.raises(ValueError, match="code -128.*narrow_range=True"):
+        to_tflite(model)
+
+
+def test_more_than_eight_bit_weights_are_refused():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, QuantizationWrapper(keras.layers.Dense(3), {"kernel": symmetric((4, 3), 1, bits=12)})(inp))
+    with pytest.raises(ValueError, match="num_bits is 12; allowed for TFLite int8 weights: 2..8"):
+        to_tflite(model)
