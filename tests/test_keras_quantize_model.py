@@ -1,0 +1,139 @@
+"""quantize_model: from a float model and calibration data to a quantized model in one call."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras_models import batches, cnn, symmetric, uniform_activation
+
+from iqcore.keras import ActivationQuantizationHolder, QuantizationWrapper, calibrate_weights, quantize_model
+
+keras = tf.keras
+DATA = batches((16, 16, 3))
+
+
+def _float_outputs(model, name):
+    probe = keras.Model(model.inputs, model.get_layer(name).output)
+    return np.concatenate([probe(b).numpy() for b in DATA])
+
+
+def test_symmetric_weight_thresholds_are_the_per_channel_max_abs():
+    model = cnn()
+    q = quantize_model(model, weights_method="symmetric").get_layer("conv_quantized").weights_quantizers["kernel"]
+    kernel = model.get_layer("conv").kernel.numpy()
+    np.testing.assert_array_equal(q.threshold, np.abs(kernel).max(axis=(0, 1, 2)).astype(np.float64))
+    assert q.per_channel and q.channel_axis == 3 and q.narrow_range
+
+
+def test_pot_weight_thresholds_are_the_max_abs_rounded_up_to_a_power_of_two():
+    model = cnn()
+    q = quantize_model(model, weights_method="pot").get_layer("fc_quantized").weights_quantizers["kernel"]
+    max_abs = np.abs(model.get_layer("fc").kernel.numpy()).max(axis=0).astype(np.float64)
+    t = np.asarray(q.threshold)
+    assert np.all(t >= max_abs) and np.all(t / 2 < max_abs) and np.all(np.frexp(t)[0] == 0.5)
+
+
+def test_depthwise_thresholds_are_per_input_channel():
+    model = cnn()
+    q = quantize_model(model, weights_method="symmetric").get_layer("dw_quantized").weights_quantizers["kernel"]
+    assert q.channel_axis == 2 and len(q.threshold) == 8
+
+
+def test_uniform_weight_ranges_are_the_per_channel_min_and_max():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 6)).astype(np.float32)
+    q = calibrate_weights(kernel, "uniform", axis=-1)
+    np.testing.assert_array_equal(q.min_range, kernel.min(axis=(0, 1, 2)).astype(np.float64))
+    np.testing.assert_array_equal(q.max_range, kernel.max(axis=(0, 1, 2)).astype(np.float64))
+
+
+def test_an_all_zero_channel_gets_a_positive_threshold():
+    kernel = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    kernel[:, 1] = 0.0
+    q = calibrate_weights(kernel, "symmetric", axis=-1)
+    assert q.threshold[1] == np.abs(kernel).max().astype(np.float64)
+
+
+def test_uniform_activation_ranges_are_the_min_and_max_on_the_representative_data():
+    model = cnn()
+    quantized = quantize_model(model, weights_method="symmetric", activation_method="uniform",
+                               representative_data=DATA)
+    outputs = _float_outputs(model, "fc")
+    q = quantized.get_layer("fc_activation").quantizer
+    assert q.min_range == [float(outputs.min())] and q.max_range == [float(outputs.max())]
+
+
+def test_pot_activation_threshold_covers_the_data_with_a_power_of_two():
+    model = cnn()
+    quantized = quantize_model(model, activation_method="pot", representative_data=DATA)
+    q = quantized.get_layer("dw_activation").quantizer
+    peak = float(np.abs(_float_outputs(model, "dw")).max())
+    assert peak <= q.threshold[0] < 2 * peak and not q.signed  # after a ReLU: unsigned
+
+
+def test_input_gets_a_holder_with_the_input_data_range():
+    quantized = quantize_model(cnn(), activation_method="uniform", representative_data=DATA)
+    q = quantized.get_layer("image_activation").quantizer
+    data = np.concatenate(DATA)
+    assert q.min_range == [float(data.min())] and q.max_range == [float(data.max())]
+
+
+def test_the_float_model_keeps_its_float_weights():
+    model = cnn()
+    before = [w.copy() for w in model.get_weights()]
+    quantize_model(model, weights_method="symmetric")
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_quantized_weights_are_the_float_weights_on_the_grid():
+    model = cnn()
+    wrapper = quantize_model(model, weights_method="symmetric").get_layer("conv_quantized")
+    want = wrapper.weights_quantizers["kernel"](model.get_layer("conv").kernel).numpy()
+    np.testing.assert_array_equal(wrapper.layer.kernel.numpy(), want)
+
+
+def test_sequential_model_gets_wrappers_and_holders():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu", name="a"),
+                              keras.layers.Dense(2, name="b")])
+    quantized = quantize_model(model, weights_method="symmetric", activation_method="symmetric",
+                               representative_data=np.random.default_rng(0).normal(size=(16, 6)).astype("f4"))
+    kinds = [type(layer).__name__ for layer in quantized.layers]
+    assert kinds == ["InputLayer", "ActivationQuantizationHolder", "QuantizationWrapper",
+                     "ActivationQuantizationHolder", "QuantizationWrapper", "ActivationQuantizationHolder"]
+
+
+def test_no_holder_follows_a_layer_that_keeps_its_input_grid():
+    inp = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(3, 3, name="c")(inp)
+    x = keras.layers.MaxPooling2D(name="mp")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    quantized = quantize_model(keras.Model(inp, x), weights_method="pot", activation_method="uniform",
+                               representative_data=np.ones((2, 8, 8, 2), np.float32))
+    names = [layer.name for layer in quantized.layers]
+    assert "c_activation" in names and "mp_activation" not in names and "flat_activation" not in names
+
+
+def test_explicit_quantizers_are_used_as_given():
+    model = cnn()
+    wq = symmetric((3, 3, 3, 8), 3)
+    aq = uniform_activation(-2.0, 2.0)
+    quantized = quantize_model(model, weights_quantizers={"conv": {"kernel": wq}}, activation_quantizers={"conv": aq})
+    assert quantized.get_layer("conv_quantized").weights_quantizers["kernel"] is wq
+    assert quantized.get_layer("conv_activation").quantizer is aq
+    assert sum(isinstance(layer, QuantizationWrapper) for layer in quantized.layers) == 1
+    assert sum(isinstance(layer, ActivationQuantizationHolder) for layer in quantized.layers) == 1
+
+
+def test_unknown_layer_names_are_refused_listing_the_layers():
+    with pytest.raises(ValueError, match=r"unknown layer names \['convv'\]; allowed: .*'conv'"):
+        quantize_model(cnn(), weights_quantizers={"convv": {"kernel": symmetric((3, 3, 3, 8), 3)}})
+
+
+def test_activation_method_without_data_is_refused():
+    with pytest.raises(ValueError, match="activation_method needs representative_data"):
+        quantize_model(cnn(), activation_method="uniform")
+
+
+def test_unknown_weights_method_is_refused_listing_the_installed_ones():
+    with pytest.raises(ValueError, match="no quantizer for method 'lut'.*symmetric/weights"):
+        quantize_model(cnn(), weights_method="lut")
