@@ -15,7 +15,8 @@ import json
 import os
 import sys
 import warnings
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -106,34 +107,13 @@ def quantizer_summary(quantizer) -> dict[str, str]:
     }
 
 
-def _layer_quantizers(layer) -> list[tuple[str, Any]]:
-    """``(target, quantizer)`` pairs held by a layer, found in its attributes (single or in dicts/lists)."""
-    from iqcore.quantizer import InferableQuantizer
-
-    found: list[tuple[str, Any]] = []
-    for name, value in sorted(vars(layer).items()):
-        if name.startswith("_") and name not in {"_weights_quantizers", "_activation_quantizer"}:
-            continue
-        items: list[tuple[str, Any]]
-        if isinstance(value, InferableQuantizer):
-            items = [("", value)]
-        elif isinstance(value, dict):
-            items = [(str(k), q) for k, q in value.items() if isinstance(q, InferableQuantizer)]
-        elif isinstance(value, (list, tuple)):
-            items = [("", q) for q in value if isinstance(q, InferableQuantizer)]
-        else:
-            continue
-        for attr, q in items:
-            target = type(q).target + (f" ({attr})" if attr else "")
-            found.append((target, q))
-    return found
-
-
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers") and layer is not model:
-            yield from _walk_layers(layer)
+def _layer_quantizers(layer, iqkeras) -> list[tuple[str, Any]]:
+    """``(target, quantizer)`` pairs held by one iqcore layer (none for other layers)."""
+    if isinstance(layer, iqkeras.QuantizationWrapper):
+        return [(f"weights ({name})", q) for name, q in layer.weights_quantizers.items()]
+    if isinstance(layer, iqkeras.ActivationQuantizationHolder):
+        return [("activation", layer.quantizer)]
+    return []
 
 
 def _load_saved_model(path: str):
@@ -154,12 +134,15 @@ def _load_saved_model(path: str):
 
 
 def inspect_rows(model) -> list[tuple[str, str, str, str, str, str]]:
-    """``(layer, target, method, bits, axis, params)`` for every quantizer of every layer of ``model``."""
+    """``(layer, target, method, bits, axis, params)`` for every quantizer in ``model`` (nested layers too)."""
+    from iqcore import keras as iqkeras
+
     rows = []
-    for layer in _walk_layers(model):
-        for target, q in _layer_quantizers(layer):
+    for layer in iqkeras.flatten_layers(model):
+        for target, q in _layer_quantizers(layer, iqkeras):
             s = quantizer_summary(q)
-            rows.append((layer.name, target, s["method"], s["bits"], s["axis"], s["params"]))
+            name = layer.layer.name if isinstance(layer, iqkeras.QuantizationWrapper) else layer.name
+            rows.append((name, target, s["method"], s["bits"], s["axis"], s["params"]))
     return rows
 
 
