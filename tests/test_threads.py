@@ -49,6 +49,6 @@ with ThreadPoolExecutor(8) as pool:
                           env={**os.environ, "IQCORE_STRICT_PLUGINS": "1"})
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [n for _, n in results] == [6] * 8
+    assert len({n for _, n in results}) == 1 and results[0][1] >= 6
     assert {name for name, _ in results} == {"WeightsPOTInferableQuantizer", "WeightsSymmetricInferableQuantizer",
                                              "WeightsUniformInferableQuantizer"}
