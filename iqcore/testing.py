@@ -232,9 +232,9 @@ class QuantizerConformance:
             expected.append([np.asarray(model(x))] + [np.asarray(w) for w in model.get_weights()])
             names.append(repr(q))
         reloaded = run_reload_in_fresh_process(jobs)
-        for name, before, after in zip(names, expected, reloaded):
+        for name, before, after in zip(names, expected, reloaded, strict=True):
             check(len(after) == len(before), f"{name}: {len(after)} arrays after reloading, {len(before)} before")
-            for j, (a, e) in enumerate(zip(after, before)):
+            for j, (a, e) in enumerate(zip(after, before, strict=False)):
                 what = "output" if j == 0 else f"weight {j - 1}"
                 check_identical(a, e, f"{name}: {what} after reloading in a fresh process")
 
