@@ -63,6 +63,12 @@ class QuantizationParams:
     axis: np.ndarray | None
 
 
+def _parameters(cls) -> list[str]:
+    """Names of ``cls``'s constructor parameters (``self`` and ``*args``/``**kwargs`` excluded)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in kinds]
+
+
 class InferableQuantizer(abc.ABC):
     """Base of every quantizer. Subclasses set ``method`` and ``target`` and build ``self.grid``.
 
@@ -77,6 +83,13 @@ class InferableQuantizer(abc.ABC):
     grid: grid_lib.Grid
 
     # -- building --------------------------------------------------------------------------------------
+    def _set_layout(self, per_channel, channel_axis, input_rank) -> int | None:
+        """Validate and keep the per-channel layout; returns the non-negative axis (None per-tensor)."""
+        self.per_channel = v.check_bool("per_channel", per_channel)
+        axis, self.input_rank = v.check_layout(self.per_channel, channel_axis, input_rank)
+        self.channel_axis = None if channel_axis is None else int(channel_axis)
+        return axis
+
     def _set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None, source=None) -> None:
         self.grid = grid_lib.make_grid(min_range, max_range, num_bits, narrow_range, axis, rank, source)
 
@@ -110,9 +123,18 @@ class InferableQuantizer(abc.ABC):
         )
 
     # -- serialization ----------------------------------------------------------------------------------
-    @abc.abstractmethod
     def get_config(self) -> dict[str, Any]:
-        """The constructor's arguments as plain JSON-able data (plus ``config_version``)."""
+        """The constructor's arguments as plain JSON-able data, plus ``config_version``.
+
+        The default reads each constructor parameter from the attribute of the same name, where
+        subclasses keep the validated value (Python floats, ints, bools, lists of floats).
+        """
+        config = {}
+        for name in _parameters(type(self)):
+            value = getattr(self, name)
+            config[name] = list(value) if isinstance(value, (list, tuple)) else value
+        config["config_version"] = CONFIG_VERSION
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
@@ -134,7 +156,7 @@ class InferableQuantizer(abc.ABC):
                 "upgrade iqcore to load it"
             )
         params = inspect.signature(cls.__init__).parameters
-        allowed = [n for n in params if n != "self"]
+        allowed = _parameters(cls)
         unknown = sorted(set(config) - set(allowed))
         if unknown:
             raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; allowed: {allowed}")
@@ -168,7 +190,24 @@ def threshold_range(thresholds: list[float], num_bits: int, signed: bool, narrow
     return np.zeros_like(t), t - (2 * step if narrow_range else step)
 
 
-class ThresholdWeightsQuantizer(InferableQuantizer):
+class ThresholdQuantizer(InferableQuantizer):
+    """Shared by the threshold bases: T is validated by :meth:`check_threshold`, which methods extend."""
+
+    def check_threshold(self, values: list[float]) -> list[float]:
+        """Validate thresholds (each > 0); methods with stricter rules (power of two) extend this."""
+        return v.check_positive("threshold", values)
+
+    def _set_threshold_grid(self, threshold, signed: bool, axis=None) -> None:
+        self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
+        v.check_count("threshold", self.threshold, axis is not None)
+        low, high = threshold_range(self.threshold, self.num_bits, signed, self.narrow_range)
+        if axis is None:
+            low, high = low[0], high[0]
+        rank = None if axis is None else self.input_rank
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"threshold": self.threshold})
+
+
+class ThresholdWeightsQuantizer(ThresholdQuantizer):
     """Signed weights grid ``[-T, T - T/2**(num_bits-1)]`` per tensor or per channel on any axis.
 
     Args:
@@ -185,35 +224,12 @@ class ThresholdWeightsQuantizer(InferableQuantizer):
     def __init__(self, num_bits, threshold, per_channel=False, channel_axis=None, input_rank=None,
                  narrow_range=False):
         self.num_bits = v.check_num_bits(num_bits)
-        self.per_channel = v.check_bool("per_channel", per_channel)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
-        v.check_count("threshold", self.threshold, self.per_channel)
-        axis, rank = v.check_layout(self.per_channel, channel_axis, input_rank)
-        self.channel_axis = None if channel_axis is None else int(channel_axis)
-        self.input_rank = rank
-        low, high = threshold_range(self.threshold, self.num_bits, True, self.narrow_range)
-        if not self.per_channel:
-            low, high = low[0], high[0]
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"threshold": self.threshold})
-
-    def check_threshold(self, values: list[float]) -> list[float]:
-        """Validate thresholds; methods with stricter rules (power of two) extend this."""
-        return v.check_positive("threshold", values)
-
-    def get_config(self):
-        return {
-            "num_bits": self.num_bits,
-            "threshold": list(self.threshold),
-            "per_channel": self.per_channel,
-            "channel_axis": self.channel_axis,
-            "input_rank": self.input_rank,
-            "narrow_range": self.narrow_range,
-            "config_version": CONFIG_VERSION,
-        }
+        axis = self._set_layout(per_channel, channel_axis, input_rank)
+        self._set_threshold_grid(threshold, signed=True, axis=axis)
 
 
-class ThresholdActivationQuantizer(InferableQuantizer):
+class ThresholdActivationQuantizer(ThresholdQuantizer):
     """Per-tensor activation grid: ``[-T, T - T/2**(num_bits-1)]`` signed, ``[0, T - T/2**num_bits]`` unsigned.
 
     Args:
@@ -229,23 +245,7 @@ class ThresholdActivationQuantizer(InferableQuantizer):
         self.num_bits = v.check_num_bits(num_bits)
         self.signed = v.check_bool("signed", signed)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
-        v.check_count("threshold", self.threshold, per_channel=False)
-        low, high = threshold_range(self.threshold, self.num_bits, self.signed, self.narrow_range)
-        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range, source={"threshold": self.threshold})
-
-    def check_threshold(self, values: list[float]) -> list[float]:
-        """Validate thresholds; methods with stricter rules (power of two) extend this."""
-        return v.check_positive("threshold", values)
-
-    def get_config(self):
-        return {
-            "num_bits": self.num_bits,
-            "threshold": list(self.threshold),
-            "signed": self.signed,
-            "narrow_range": self.narrow_range,
-            "config_version": CONFIG_VERSION,
-        }
+        self._set_threshold_grid(threshold, signed=self.signed)
 
 
 def check_ranges(min_range, max_range, per_channel: bool) -> tuple[list[float], list[float]]:

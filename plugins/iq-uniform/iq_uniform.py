@@ -14,7 +14,7 @@ import numpy as np
 
 import iqcore
 from iqcore import validation as v
-from iqcore.quantizer import CONFIG_VERSION, check_ranges
+from iqcore.quantizer import check_ranges
 
 
 def range_including_zero(lows, highs, num_bits, narrow_range=False):
@@ -30,7 +30,20 @@ def range_including_zero(lows, highs, num_bits, narrow_range=False):
     return np.minimum(min_adj, 0.0), np.maximum(max_adj, 0.0)
 
 
-class WeightsUniformInferableQuantizer(iqcore.InferableQuantizer):
+class UniformQuantizer(iqcore.InferableQuantizer):
+    """Shared by both targets: validates the ranges and builds the grid on them, zero moved onto it."""
+
+    def _set_range_grid(self, min_range, max_range, axis=None) -> None:
+        self.min_range, self.max_range = check_ranges(min_range, max_range, axis is not None)
+        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
+        if axis is None:
+            low, high = low[0], high[0]
+        rank = None if axis is None else self.input_rank
+        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
+                       {"min_range": self.min_range, "max_range": self.max_range})
+
+
+class WeightsUniformInferableQuantizer(UniformQuantizer):
     """Uniform weights grid on ``[min_range, max_range]`` (0 moved onto the grid), per tensor or channel.
 
     Args:
@@ -48,32 +61,12 @@ class WeightsUniformInferableQuantizer(iqcore.InferableQuantizer):
     def __init__(self, num_bits, min_range, max_range, per_channel=False, channel_axis=None, input_rank=None,
                  narrow_range=False):
         self.num_bits = v.check_num_bits(num_bits)
-        self.per_channel = v.check_bool("per_channel", per_channel)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        self.min_range, self.max_range = check_ranges(min_range, max_range, self.per_channel)
-        axis, rank = v.check_layout(self.per_channel, channel_axis, input_rank)
-        self.channel_axis = None if channel_axis is None else int(channel_axis)
-        self.input_rank = rank
-        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
-        if not self.per_channel:
-            low, high = low[0], high[0]
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
-                       {"min_range": self.min_range, "max_range": self.max_range})
-
-    def get_config(self):
-        return {
-            "num_bits": self.num_bits,
-            "min_range": list(self.min_range),
-            "max_range": list(self.max_range),
-            "per_channel": self.per_channel,
-            "channel_axis": self.channel_axis,
-            "input_rank": self.input_rank,
-            "narrow_range": self.narrow_range,
-            "config_version": CONFIG_VERSION,
-        }
+        axis = self._set_layout(per_channel, channel_axis, input_rank)
+        self._set_range_grid(min_range, max_range, axis)
 
 
-class ActivationUniformInferableQuantizer(iqcore.InferableQuantizer):
+class ActivationUniformInferableQuantizer(UniformQuantizer):
     """Uniform per-tensor activation grid on ``[min_range, max_range]`` (0 moved onto the grid).
 
     Args:
@@ -88,19 +81,7 @@ class ActivationUniformInferableQuantizer(iqcore.InferableQuantizer):
     def __init__(self, num_bits, min_range, max_range, narrow_range=False):
         self.num_bits = v.check_num_bits(num_bits)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        self.min_range, self.max_range = check_ranges(min_range, max_range, per_channel=False)
-        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
-        self._set_grid(low[0], high[0], self.num_bits, self.narrow_range,
-                       source={"min_range": self.min_range, "max_range": self.max_range})
-
-    def get_config(self):
-        return {
-            "num_bits": self.num_bits,
-            "min_range": list(self.min_range),
-            "max_range": list(self.max_range),
-            "narrow_range": self.narrow_range,
-            "config_version": CONFIG_VERSION,
-        }
+        self._set_range_grid(min_range, max_range)
 
 
 @iqcore.hookimpl
