@@ -16,16 +16,46 @@ Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactne
 Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
 it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
 op is lowered with a different formula, so there the broadcasting kernel runs instead.
+
+Speed (see docs/performance.md; every path computes the same float32 operations in the same order):
+
+* Per-channel grids outside XLA run the broadcasting kernel compiled by XLA on its own
+  (``tf.function(jit_compile=True)`` around the kernel alone), with the grid's parameters as run-time
+  arguments: one fused pass over the tensor, no transposes, and no buffer but the output. TensorFlow's own
+  per-channel op is 26-68x slower than a memory copy on CPU, works on the last axis only and disagrees with
+  the per-tensor op on rare near-ties, so it is never used.
+* Eagerly, a per-channel call with a new shape runs the same kernel op by op first (a Keras layer quantizes
+  its weights once: compiling for that would cost more than it saves); the compiled kernel takes over from
+  the second call with that shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements.
+  Tensors of at most ``SMALL_EAGER`` elements are computed by :func:`iqcore.grid.fake_quant` in NumPy (IEEE
+  float32 arithmetic: the reference itself), which costs less than dispatching TensorFlow ops.
+* The grid's parameters are converted to tensors once per grid and cached, so an eager call pays for one op.
+* ``IQCORE_XLA=0`` in the environment turns the separately compiled kernel off (op by op everywhere), for
+  platforms without XLA's CPU JIT.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
+from iqcore import grid as grid_lib
 from iqcore.grid import Grid
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+#: Eager per-channel tensors up to this many elements are computed in NumPy (the reference itself).
+SMALL_EAGER = 1 << 14
+#: Eager per-channel tensors of at least this many elements use the compiled kernel from their first call.
+COMPILE_AT_ONCE = 1 << 22
+#: Whether per-channel grids outside XLA use the separately compiled kernel (``IQCORE_XLA=0`` turns it off).
+USE_XLA = os.environ.get("IQCORE_XLA", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+_EagerTensor = type(tf.constant(0.0))
 
 
 def in_xla_context() -> bool:
@@ -100,6 +130,15 @@ def _rounded(x64: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.cast(x64, tf.float32), tf.float64)
 
 
+def _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero):
+    """The steps of :func:`steps` from its parameters (NumPy arrays or tensors, already laid out)."""
+    clamped = tf.cast(tf.minimum(tf.maximum(x32, nmin), nmax), tf.float64)
+    shifted = _rounded(clamped - nmin64)
+    scaled = _rounded(shifted * reciprocal)
+    centred = _rounded(scaled - quant_zero)
+    return tf.floor(tf.cast(centred + 0.5, tf.float32))
+
+
 def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
     """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`).
 
@@ -109,11 +148,82 @@ def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
     ``(x - c1) - c2`` into ``x - (c1 + c2)`` otherwise, dropping the rounding of ``x - nmin``).
     """
     nmin, nmax, reciprocal, quant_zero, _ = _params(grid)
-    clamped = tf.cast(tf.minimum(tf.maximum(x32, nmin), nmax), tf.float64)
-    shifted = _rounded(clamped - nmin.astype(np.float64))
-    scaled = _rounded(shifted * reciprocal)
-    centred = _rounded(scaled - quant_zero)
-    return tf.floor(tf.cast(centred + 0.5, tf.float32))
+    return _staged_steps(x32, nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero)
+
+
+def _kernel(x32, nmin, nmax, nmin64, reciprocal, quant_zero, scale):
+    """The whole fake-quant kernel on laid-out parameters (the body of the compiled kernel)."""
+    return _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero) * scale
+
+
+# The kernel compiled alone. Its parameters are run-time arguments, so XLA compiles one executable per input
+# shape (and channel layout), not per grid. Under an enclosing XLA compilation the kernel is inlined instead.
+_compiled_kernel = tf.function(_kernel, jit_compile=True, autograph=False, reduce_retracing=True)
+
+
+class _Plan:
+    """What one grid needs at call time, computed once: laid-out NumPy parameters and eager tensors."""
+
+    def __init__(self, grid: Grid):
+        nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
+        self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
+        with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
+            self.tensors = tuple(tf.constant(a) for a in self.arrays)
+            self.min = tf.constant(grid.min)
+            self.max = tf.constant(grid.max)
+        # NumPy reference parameters laid out once (see iqcore.grid.steps and fake_quant).
+        self.np_ref = (scale, nmin, nmax, np.reshape(grid.quant_zero, grid.broadcast_shape()))
+        self.calls: dict[tuple, int] = {}
+        self.lock = threading.Lock()
+
+    def numpy_fake_quant(self, x: np.ndarray) -> np.ndarray:
+        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance (same operations, same order)."""
+        scale, nmin, nmax, qz = self.np_ref
+        with np.errstate(invalid="ignore"):
+            clamped = np.minimum(np.maximum(x, nmin), nmax)
+            s = np.floor((clamped - nmin) / scale - qz + np.float32(0.5)).astype(np.float32)
+            return (s * scale).astype(np.float32)
+
+    def compile_now(self, shape: tuple, elements: int) -> bool:
+        """Whether an eager call of this shape should use the compiled kernel (see the module docstring)."""
+        if elements >= COMPILE_AT_ONCE:
+            return True
+        with self.lock:
+            n = self.calls.get(shape, 0)
+            if n < 2:
+                self.calls[shape] = n + 1
+        return n >= 1
+
+
+_plans: "weakref.WeakKeyDictionary[Grid, _Plan]" = weakref.WeakKeyDictionary()
+_plans_lock = threading.Lock()
+
+
+def _plan(grid: Grid) -> _Plan:
+    plan = _plans.get(grid)
+    if plan is None:
+        with _plans_lock:
+            plan = _plans.get(grid)
+            if plan is None:
+                plan = _plans[grid] = _Plan(grid)
+    return plan
+
+
+def _eager_float32(x: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """The fast eager path for a float32 tensor: the fewest Python steps between the call and the kernel."""
+    plan = _plan(grid)
+    if grid.axis is None:
+        return tf.raw_ops.FakeQuantWithMinMaxVars(
+            inputs=x, min=plan.min, max=plan.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
+        )
+    x = check_layout(x, grid)
+    shape = tuple(x.shape)
+    elements = int(np.prod(shape))
+    if elements <= SMALL_EAGER:
+        return tf.constant(plan.numpy_fake_quant(x.numpy()))
+    if USE_XLA and plan.compile_now(shape, elements):
+        return _compiled_kernel(x, *plan.tensors)
+    return _kernel(x, *plan.arrays)
 
 
 def fake_quant(x, grid: Grid) -> tf.Tensor:
@@ -123,14 +233,20 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
         TypeError: If ``x`` is not a float tensor.
         ValueError: If ``x``'s rank or channel dimension does not match a per-channel grid.
     """
+    if type(x) is _EagerTensor and x.dtype == tf.float32:
+        return _eager_float32(x, grid)
     x = check_layout(as_float_tensor(x), grid)
     x32 = tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
-    if grid.axis is None and not in_xla_context():
+    if type(x32) is _EagerTensor:
+        y = _eager_float32(x32, grid)
+    elif grid.axis is None and not in_xla_context():
         y = tf.quantization.fake_quant_with_min_max_vars(
             x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
         )
+    elif USE_XLA and not in_xla_context():
+        y = _compiled_kernel(x32, *_plan(grid).arrays)
     else:
-        y = steps(x32, grid) * np.reshape(grid.scale, grid.broadcast_shape())
+        y = _kernel(x32, *_plan(grid).arrays)
     return tf.cast(y, x.dtype) if x.dtype != tf.float32 else y
 
 

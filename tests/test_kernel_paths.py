@@ -1,0 +1,85 @@
+"""Every execution path of iqcore.kernels.fake_quant is bit-exact (the speed paths of docs/performance.md).
+
+Eager per-channel calls take one of four paths depending on size and call count (NumPy for small tensors,
+op by op for the first call with a shape, the separately compiled kernel afterwards or at once for large
+tensors); graph mode calls the compiled kernel from inside the graph. Each is compared with the NumPy
+reference on probe inputs (ties, their ±1-ulp neighbours, range ends, ±inf, NaN).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import iqcore
+from exact import mismatches
+from iqcore import grid as g
+from iqcore import kernels
+
+
+def quantizer(axis, rank, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return iqcore.get_quantizer("symmetric", "weights", num_bits=int(rng.integers(2, 17)),
+                                threshold=rng.uniform(0.01, 8, channels).tolist(), per_channel=True,
+                                channel_axis=axis, input_rank=rank)
+
+
+def tiled(q, repeats):
+    """The probe tensor repeated along a non-channel axis until it is big enough for the path under test."""
+    x = g.probe_tensor(q.grid, per_channel_count=256)
+    other = 0 if q.grid.axis != 0 else q.grid.rank - 1
+    return np.ascontiguousarray(np.concatenate([x] * repeats, axis=other))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_eager_paths_small_first_call_compiled_are_exact(axis, monkeypatch):
+    q = quantizer(axis, 3, seed=axis)
+    small = g.probe_tensor(q.grid, per_channel_count=64)
+    assert small.size <= kernels.SMALL_EAGER
+    big = tiled(q, 40)
+    assert big.size > kernels.SMALL_EAGER
+    want_small, want_big = g.fake_quant(small, q.grid), g.fake_quant(big, q.grid)
+    assert mismatches(q(tf.constant(small)), want_small) == 0
+    for _ in range(3):  # op by op, then the compiled kernel
+        assert mismatches(q(tf.constant(big)), want_big) == 0
+    monkeypatch.setattr(kernels, "COMPILE_AT_ONCE", 1)
+    q2 = quantizer(axis, 3, seed=axis)
+    assert mismatches(q2(tf.constant(big)), want_big) == 0
+
+
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float16])
+def test_eager_non_float32_inputs_follow_the_same_paths(dtype):
+    q = quantizer(1, 2, channels=5, seed=3)
+    x = tiled(q, 1)
+    xd = tf.cast(tf.constant(x), dtype)
+    want = g.fake_quant(tf.cast(xd, tf.float32).numpy(), q.grid)
+    for _ in range(3):
+        y = q(xd)
+        assert y.dtype == dtype
+        assert mismatches(tf.cast(y, tf.float32), tf.cast(tf.constant(want), dtype)) == 0
+
+
+def test_graph_mode_calls_the_compiled_kernel_exactly():
+    q = quantizer(2, 4, channels=7, seed=5)
+    x = g.probe_tensor(q.grid, per_channel_count=256)
+    f = tf.function(q)
+    ops = f.get_concrete_function(tf.constant(x)).graph.get_operations()
+    assert any(op.node_def.attr["_XlaMustCompile"].b for op in ops if "_XlaMustCompile" in op.node_def.attr)
+    assert mismatches(f(tf.constant(x)), g.fake_quant(x, q.grid)) == 0
+
+
+def test_xla_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(kernels, "USE_XLA", False)
+    q = quantizer(0, 2, channels=4, seed=6)
+    x = tiled(q, 40)
+    want = g.fake_quant(x, q.grid)
+    for _ in range(3):
+        assert mismatches(q(tf.constant(x)), want) == 0
+    assert mismatches(tf.function(q)(tf.constant(x)), want) == 0
+
+
+def test_per_tensor_eager_calls_reuse_cached_parameters():
+    q = iqcore.get_quantizer("uniform", "activation", num_bits=7, min_range=[-0.73], max_range=[1.91])
+    x = g.probe_tensor(q.grid)
+    for _ in range(2):
+        assert mismatches(q(tf.constant(x)), g.fake_quant(x, q.grid)) == 0
+    assert kernels._plan(q.grid) is kernels._plan(q.grid)
