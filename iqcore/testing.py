@@ -257,6 +257,7 @@ def keras_model_for(quantizer: InferableQuantizer, x: np.ndarray) -> tuple[Any, 
         inp = keras.Input(shape=x.shape[1:])
         return keras.Model(inp, iqkeras.ActivationQuantizationHolder(quantizer)(inp)), x
     rank = x.ndim
+    in_shape: tuple[int, ...]
     if rank == 2:
         layer, in_shape = keras.layers.Dense(x.shape[1], use_bias=False), (x.shape[0],)
     elif rank == 3:

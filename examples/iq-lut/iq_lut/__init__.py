@@ -52,12 +52,13 @@ def check_lut_values(values, num_bits: int, bitwidth: int) -> list[int]:
     for i, item in enumerate(values):
         if isinstance(item, (bool, np.bool_)) or not isinstance(item, (numbers.Real, np.integer, np.floating)):
             raise TypeError(f"lut_values[{i}] is {item!r} ({type(item).__name__}); allowed: integers")
-        if not math.isfinite(float(item)) or float(item) != int(item):
+        number = float(item)
+        if not math.isfinite(number) or number != math.floor(number):
             raise ValueError(f"lut_values[{i}] is {item!r}; allowed: integers")
-        if not low <= int(item) <= high:
+        if not low <= number <= high:
             raise ValueError(f"lut_values[{i}] is {item!r}; allowed: integers in {low}..{high} "
                              f"(lut_values_bitwidth={bitwidth})")
-        out.append(int(item))
+        out.append(int(number))
     if len(set(out)) != len(out):
         raise ValueError(f"lut_values {values!r} has duplicates; allowed: distinct integers")
     return sorted(out)
