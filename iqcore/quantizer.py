@@ -82,6 +82,10 @@ class InferableQuantizer(abc.ABC):
     target: ClassVar[str] = ""
     grid: grid_lib.Grid
 
+    @abc.abstractmethod
+    def __init__(self, num_bits, *args, **kwargs):
+        """Validate every argument, keep each as an attribute of the same name, and call :meth:`_set_grid`."""
+
     # -- building --------------------------------------------------------------------------------------
     def _set_layout(self, per_channel, channel_axis, input_rank) -> int | None:
         """Validate and keep the per-channel layout; returns the non-negative axis (None per-tensor)."""
