@@ -250,7 +250,7 @@ class QuantizationWrapper(keras.layers.Layer):
 
     def _export_call(self, inputs, *args, **kwargs):
         if isinstance(self.layer, keras.layers.Dense) and set(self._quantizers) == {"kernel"} and \
-                self._quantizers["kernel"].grid.axis is not None and not args and not kwargs:
+                self._quantizers["kernel"].grid.axis is not None and not args and set(kwargs) <= {"training"}:
             kernel = tf.convert_to_tensor(self._variables_by_name["kernel"])
             kernel = tf.reshape(kernel, [1, 1, *kernel.shape])
             kernel = export_weight(kernel, self._quantizers["kernel"], f"iqcore_{self.name}_kernel", axis=3)
@@ -269,7 +269,7 @@ class QuantizationWrapper(keras.layers.Layer):
                     raise ValueError(f"{self.name}: cannot find the attribute holding {var.name} for TFLite export")
                 saved.append((attr, var))
                 object.__setattr__(self.layer, attr, value)
-            return self.layer.call(inputs, *args, **kwargs)
+            return self.layer(inputs, *args, **kwargs)
         finally:
             for attr, var in saved:
                 object.__setattr__(self.layer, attr, var)
@@ -739,13 +739,7 @@ def _rebuild_sequential(model, wrap, plan_a, input_names):
 
 def _rebuild_functional(model, wrap, plan_a, input_names):
     if not KERAS_3:
-        if plan_a:
-            raise ValueError(
-                "inserting activation holders into a Functional model needs Keras 3 (clone_model's "
-                "call_function); on Keras 2 use a Sequential model or add ActivationQuantizationHolder layers "
-                "yourself"
-            )
-        return keras.models.clone_model(model, clone_function=wrap)
+        return _rebuild_functional_keras2(model, wrap, plan_a)
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, input_names)]
     held = {id(t): _holder(n, plan_a[n])(t) for t, n in zip(inputs, input_names) if n in plan_a}
 
@@ -759,6 +753,45 @@ def _rebuild_functional(model, wrap, plan_a, input_names):
 
     structure = inputs if len(inputs) > 1 else inputs[0]
     return keras.models.clone_model(model, input_tensors=structure, clone_function=wrap, call_function=call)
+
+
+def _rebuild_functional_keras2(model, wrap, plan_a):
+    """Keras 2: rewrite the Functional config (layer entries with ``[[name, node, tensor, kwargs], ...]``
+    inbound nodes), inserting wrappers and holders, and rebuild it with ``Model.from_config``."""
+    config = model.get_config()
+    by_name = {layer.name: layer for layer in model.layers}
+    entries, holders, renames = [], set(), {}
+    for entry in config["layers"]:
+        name = entry["name"]
+        layer = by_name[name]
+        nodes = max(1, len(entry["inbound_nodes"]))
+        if isinstance(layer, keras.layers.InputLayer):
+            new_name = name
+            entries.append(entry)
+        else:
+            new = wrap(layer)
+            new_name = new.name
+            entries.append({**keras.layers.serialize(new), "name": new_name, "inbound_nodes": entry["inbound_nodes"]})
+            if new_name != name:
+                renames.update({(name, i): new_name for i in range(nodes)})
+        if name in plan_a:
+            holder = _holder(name, plan_a[name])
+            holders.add(holder.name)
+            entries.append({**keras.layers.serialize(holder), "name": holder.name,
+                            "inbound_nodes": [[[new_name, i, 0, {}]] for i in range(nodes)]})
+            renames.update({(name, i): holder.name for i in range(nodes)})
+
+    def rename(ref):
+        if not isinstance(ref, list) or len(ref) < 3 or not isinstance(ref[0], str):
+            raise ValueError(f"unexpected Keras 2 inbound node {ref!r}; quantize this model with Keras 3")
+        return [renames.get((ref[0], ref[1]), ref[0]), *ref[1:]]
+
+    for entry in entries:
+        if entry["name"] not in holders:
+            entry["inbound_nodes"] = [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]
+    config = {**config, "name": f"{model.name}_quantized", "layers": entries,
+              "output_layers": [rename(ref) for ref in config["output_layers"]]}
+    return keras.Model.from_config(config)
 
 
 def _copy_weights(model, new) -> None:

@@ -118,8 +118,8 @@ def test_explicit_quantizers_are_used_as_given():
     wq = symmetric((3, 3, 3, 8), 3)
     aq = uniform_activation(-2.0, 2.0)
     quantized = quantize_model(model, weights_quantizers={"conv": {"kernel": wq}}, activation_quantizers={"conv": aq})
-    assert quantized.get_layer("conv_quantized").weights_quantizers["kernel"] is wq
-    assert quantized.get_layer("conv_activation").quantizer is aq
+    assert quantized.get_layer("conv_quantized").weights_quantizers["kernel"] == wq
+    assert quantized.get_layer("conv_activation").quantizer == aq
     assert sum(isinstance(layer, QuantizationWrapper) for layer in quantized.layers) == 1
     assert sum(isinstance(layer, ActivationQuantizationHolder) for layer in quantized.layers) == 1
 

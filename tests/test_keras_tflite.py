@@ -6,7 +6,13 @@ import tensorflow as tf
 from keras_models import batches, quantized_cnn, symmetric, uniform_activation, wrapped_dense_model
 
 import iqcore
-from iqcore.keras import ActivationQuantizationHolder, QuantizationWrapper, tflite_weight_tensors, to_tflite
+from iqcore.keras import (
+    ActivationQuantizationHolder,
+    QuantizationWrapper,
+    find_weight,
+    tflite_weight_tensors,
+    to_tflite,
+)
 
 keras = tf.keras
 WRAPPED = ("conv_quantized", "dw_quantized", "fc_quantized")
@@ -48,7 +54,7 @@ def test_every_weight_scale_in_the_file_equals_quantization_params(converted):
     for name in WRAPPED:
         wrapper = model.get_layer(name)
         params = wrapper.weights_quantizers["kernel"].quantization_params()
-        repeat = wrapper.layer.kernel.shape[-1] if name == "dw_quantized" else 1
+        repeat = find_weight(wrapper.layer, "kernel").shape[-1] if name == "dw_quantized" else 1
         got = tensors[(name, "kernel")]["quantization_parameters"]
         np.testing.assert_array_equal(got["scales"].astype(np.float32), np.repeat(params.scale, repeat))
         np.testing.assert_array_equal(got["zero_points"], np.repeat(params.zero_point, repeat))
@@ -59,7 +65,7 @@ def test_int8_weights_in_the_file_are_the_quantizer_codes_within_minus127_127(co
     tensors = tflite_weight_tensors(flatbuffer, model)
     for name in WRAPPED:
         wrapper = model.get_layer(name)
-        codes = wrapper.weights_quantizers["kernel"].to_int(wrapper.layer.kernel).numpy()
+        codes = wrapper.weights_quantizers["kernel"].to_int(find_weight(wrapper.layer, "kernel")).numpy()
         stored = tensors[(name, "kernel")]["value"]
         np.testing.assert_array_equal(stored, _tflite_layout(name.split("_")[0], codes))
         assert stored.min() >= -127 and stored.max() <= 127
