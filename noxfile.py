@@ -70,3 +70,22 @@ def example_plugin(session):
     session.install("-e", ".[cpu,test]", *PLUGINS, "./examples/iq-lut")
     session.run("iqcore", "list")
     session.run("pytest", "-q", "examples/iq-lut/tests", *session.posargs)
+
+
+# -- Keras 2 (issue 3) ------------------------------------------------------------------------------------------
+KERAS2 = [
+    ("2.21.0", "tf-keras==2.21.0", True),  # Keras 2 through tf-keras on the newest TensorFlow
+    ("2.15.1", "keras==2.15.0", False),  # TF 2.15: tf.keras is Keras 2 itself
+]
+
+
+@nox.session(python="3.11")
+@nox.parametrize(("tensorflow", "keras", "legacy"), KERAS2, ids=["tf2.21-tf_keras", "tf2.15-keras2"])
+def keras2(session, tensorflow, keras, legacy):
+    """The Keras integration tests (tests/test_keras_*.py) under Keras 2."""
+    session.install(f"tensorflow-cpu=={tensorflow}", keras, "-e", ".[test]", *PLUGINS)
+    env = {"TF_USE_LEGACY_KERAS": "1"} if legacy else {}
+    session.run("python", "-c", "import tensorflow as tf, iqcore.keras as k; print('tensorflow', tf.__version__,"
+                " 'keras 3' if k.KERAS_3 else 'keras 2')", env=env)
+    tests = sorted(str(p) for p in __import__("pathlib").Path("tests").glob("test_keras_*.py"))
+    session.run("pytest", "-q", *tests, *session.posargs, env=env)
