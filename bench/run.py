@@ -1,10 +1,10 @@
 """iqcore's benchmark suite: ratios measured side by side in one process, plus exactness counts.
 
-    python bench/run.py            # the full suite (about 5-10 minutes on a 2-core machine)
+    python bench/run.py            # the full suite (about 10 minutes on a 2-core machine)
     python bench/run.py --quick    # about a minute: 1e6 elements, fewer rounds
 
-Prints one table, writes ``bench/results/latest.json`` and refreshes the generated part of
-``docs/performance.md``. See ``bench/README.md`` for what each column means.
+Prints one table and writes ``bench/results/latest.json`` (``quick.json`` with ``--quick``); a full run also
+refreshes the generated part of ``docs/performance.md``. See ``bench/README.md`` for what each column means.
 """
 
 from __future__ import annotations
@@ -349,10 +349,14 @@ def main(argv=None) -> int:
     p.add_argument("--modes", help="comma-separated subset of eager,graph,xla")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: overhead,memory,import,model")
-    p.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="JSON results file")
-    p.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"),
-                   help="Markdown file whose generated block is refreshed ('' to leave docs alone)")
+    p.add_argument("--out", help="JSON results file (default: bench/results/latest.json; quick.json with --quick)")
+    p.add_argument("--docs", help="Markdown file whose generated block is refreshed (default: docs/performance.md "
+                                  "for a full run, none with --quick; '' for none)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(HERE / "results" / ("quick.json" if args.quick else "latest.json"))
+    if args.docs is None:
+        args.docs = "" if args.quick else str(ROOT / "docs" / "performance.md")
     start = time.perf_counter()
     quick = args.quick
     sizes = args.sizes.split(",") if args.sizes else (["1e6"] if quick else list(SIZES))

@@ -56,6 +56,34 @@ COMPILE_AT_ONCE = 1 << 22
 USE_XLA = os.environ.get("IQCORE_XLA", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 _EagerTensor = type(tf.constant(0.0))
+_FLOAT32 = tf.float32
+
+
+def _eager_constant_factory():
+    """The cheapest way to wrap a NumPy array as an eager tensor on the current device (``tf.constant`` costs
+    about as much as a small op; the ``EagerTensor`` constructor it ends in, half)."""
+    try:
+        from tensorflow.python.eager import context
+        from tensorflow.python.framework import ops
+
+        def make(a: np.ndarray) -> tf.Tensor:
+            return ops.EagerTensor(a, context.context().device_name, None)
+
+        probe = np.arange(3, dtype=np.float32)
+        if np.array_equal(make(probe).numpy(), probe):
+            return make
+    except Exception:  # noqa: BLE001 - a private constructor that moved: fall back to the public one
+        pass
+    return tf.constant
+
+
+_eager_constant = _eager_constant_factory()
+
+
+def _as_numpy(x) -> np.ndarray:
+    """An eager tensor's buffer as a NumPy array, without the copy ``.numpy()`` makes when it can."""
+    view = getattr(x, "_numpy", None)
+    return view() if view is not None else x.numpy()
 
 
 def in_xla_context() -> bool:
@@ -156,9 +184,22 @@ def _kernel(x32, nmin, nmax, nmin64, reciprocal, quant_zero, scale):
     return _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero) * scale
 
 
+def _kernel_float32(x32, nmin, nmax, reciprocal, quant_zero32, scale):
+    """TensorFlow's float32 operations in its order, for run-time parameters only (see ``_eager_caller``).
+
+    Without constants XLA has nothing to fold ((x - c1) - c2 and x / c are rewritten only for constants), and
+    no product feeds an addition (the float64 product is rounded to float32 by the cast first), so each
+    operation is one IEEE float32 operation: the reference's, at the cost of one float64 multiply.
+    """
+    shifted = tf.minimum(tf.maximum(x32, nmin), nmax) - nmin
+    scaled = tf.cast(tf.cast(shifted, tf.float64) * reciprocal, tf.float32)
+    return tf.floor(scaled - quant_zero32 + 0.5) * scale
+
+
 # The kernel compiled alone. Its parameters are run-time arguments, so XLA compiles one executable per input
 # shape (and channel layout), not per grid. Under an enclosing XLA compilation the kernel is inlined instead.
 _compiled_kernel = tf.function(_kernel, jit_compile=True, autograph=False, reduce_retracing=True)
+_compiled_kernel_float32 = tf.function(_kernel_float32, jit_compile=True, autograph=False, reduce_retracing=True)
 
 
 class _Plan:
@@ -168,21 +209,35 @@ class _Plan:
         nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
         self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
-            self.tensors = tuple(tf.constant(a) for a in self.arrays)
+            self.tensors = tuple(tf.constant(a) for a in (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale))
             self.min = tf.constant(grid.min)
             self.max = tf.constant(grid.max)
         # NumPy reference parameters laid out once (see iqcore.grid.steps and fake_quant).
         self.np_ref = (scale, nmin, nmax, np.reshape(grid.quant_zero, grid.broadcast_shape()))
         self.calls: dict[tuple, int] = {}
+        self.compiled: dict[int, object] = {}  # input rank -> a callable running the compiled kernel eagerly
         self.lock = threading.Lock()
 
     def numpy_fake_quant(self, x: np.ndarray) -> np.ndarray:
-        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance (same operations, same order)."""
+        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance: the same float32 operations
+        in the same order, in place on one new array (NaN inputs stay quiet NaNs and raise no warning)."""
         scale, nmin, nmax, qz = self.np_ref
-        with np.errstate(invalid="ignore"):
-            clamped = np.minimum(np.maximum(x, nmin), nmax)
-            s = np.floor((clamped - nmin) / scale - qz + np.float32(0.5)).astype(np.float32)
-            return (s * scale).astype(np.float32)
+        y = np.maximum(x, nmin)
+        np.minimum(y, nmax, out=y)
+        np.subtract(y, nmin, out=y)
+        np.divide(y, scale, out=y)
+        np.subtract(y, qz, out=y)
+        np.add(y, _HALF, out=y)
+        np.floor(y, out=y)
+        np.multiply(y, scale, out=y)
+        return y
+
+    def run_compiled(self, x: tf.Tensor) -> tf.Tensor:
+        """Run the compiled kernel eagerly on ``x`` (rank-generic: XLA compiles once per concrete shape)."""
+        call = self.compiled.get(len(x.shape))
+        if call is None:
+            call = self.compiled[len(x.shape)] = _eager_caller(x, self.tensors)
+        return call(x)
 
     def compile_now(self, shape: tuple, elements: int) -> bool:
         """Whether an eager call of this shape should use the compiled kernel (see the module docstring)."""
@@ -195,6 +250,40 @@ class _Plan:
         return n >= 1
 
 
+def _eager_caller(x: tf.Tensor, params: tuple):
+    """A callable running the compiled float32 kernel eagerly on ``x`` with the least Python in between.
+
+    The parameters are eager tensors passed at every call, so they are run-time arguments of the XLA
+    executable and :func:`_kernel_float32` is exact (it is about 30% faster than the float64-staged kernel that
+    graphs use, where Grappler may turn the parameters into constants). ``tf.function``'s own dispatch
+    (binding, signature matching, tracing-cache lookup) costs several times a small kernel on a busy machine;
+    the traced function is called by name instead, as its concrete function does internally. Private API:
+    any failure falls back to the concrete function, which raises real errors.
+    """
+    concrete = _compiled_kernel_float32.get_concrete_function(x, *params)
+
+    def slow(t):
+        return concrete(t, *params)
+
+    try:
+        from tensorflow.python.eager import context
+
+        name = concrete._inference_function.name
+        if concrete.captured_inputs or not callable(getattr(context.context(), "call_function", None)):
+            return slow
+    except Exception:  # noqa: BLE001 - internals that moved in another TensorFlow version
+        return slow
+
+    def fast(t):
+        try:
+            return context.context().call_function(name, [t, *params], 1)[0]
+        except Exception:  # noqa: BLE001 - e.g. a reset context that no longer holds the function
+            return slow(t)
+
+    return fast
+
+
+_HALF = np.float32(0.5)
 _plans: "weakref.WeakKeyDictionary[Grid, _Plan]" = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
 
@@ -216,13 +305,15 @@ def _eager_float32(x: tf.Tensor, grid: Grid) -> tf.Tensor:
         return tf.raw_ops.FakeQuantWithMinMaxVars(
             inputs=x, min=plan.min, max=plan.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
         )
-    x = check_layout(x, grid)
-    shape = tuple(x.shape)
-    elements = int(np.prod(shape))
+    a = _as_numpy(x)  # a read-only view of the tensor's buffer, not a copy
+    shape = a.shape
+    if len(shape) != grid.rank or shape[grid.axis] != grid.channels:
+        check_layout(x, grid)  # raises the full error
+    elements = a.size
     if elements <= SMALL_EAGER:
-        return tf.constant(plan.numpy_fake_quant(x.numpy()))
+        return _eager_constant(plan.numpy_fake_quant(a))
     if USE_XLA and plan.compile_now(shape, elements):
-        return _compiled_kernel(x, *plan.tensors)
+        return plan.run_compiled(x)
     return _kernel(x, *plan.arrays)
 
 
@@ -233,7 +324,7 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
         TypeError: If ``x`` is not a float tensor.
         ValueError: If ``x``'s rank or channel dimension does not match a per-channel grid.
     """
-    if type(x) is _EagerTensor and x.dtype == tf.float32:
+    if type(x) is _EagerTensor and x.dtype is _FLOAT32:
         return _eager_float32(x, grid)
     x = check_layout(as_float_tensor(x), grid)
     x32 = tf.cast(x, tf.float32) if x.dtype != tf.float32 else x

@@ -83,3 +83,28 @@ def test_per_tensor_eager_calls_reuse_cached_parameters():
     for _ in range(2):
         assert mismatches(q(tf.constant(x)), g.fake_quant(x, q.grid)) == 0
     assert kernels._plan(q.grid) is kernels._plan(q.grid)
+
+
+LAYOUTS = [(rank, axis) for rank in range(1, 5) for axis in range(rank)]
+
+
+@pytest.mark.parametrize("method", ["pot", "symmetric", "uniform"])
+@pytest.mark.parametrize("rank,axis", LAYOUTS)
+def test_compiled_eager_kernel_is_exact_on_every_axis(method, rank, axis, monkeypatch):
+    """Every eager per-channel call through the compiled float32 kernel (small tensors included)."""
+    monkeypatch.setattr(kernels, "SMALL_EAGER", 0)
+    monkeypatch.setattr(kernels, "COMPILE_AT_ONCE", 1)
+    rng = np.random.default_rng(rank * 10 + axis)
+    channels = 300 if rank == 1 else 5
+    num_bits = int(rng.integers(2, 17))
+    narrow = bool(rng.integers(0, 2))
+    if method == "uniform":
+        p = dict(min_range=(-rng.uniform(0, 8, channels)).tolist(), max_range=rng.uniform(0.01, 8, channels).tolist())
+    elif method == "pot":
+        p = dict(threshold=(2.0 ** rng.integers(-8, 8, channels)).tolist())
+    else:
+        p = dict(threshold=rng.uniform(0.01, 8, channels).tolist())
+    q = iqcore.get_quantizer(method, "weights", num_bits=num_bits, narrow_range=narrow, per_channel=True,
+                             channel_axis=axis, input_rank=rank, **p)
+    x = g.probe_tensor(q.grid, per_channel_count=256)
+    assert mismatches(q(tf.constant(x)), g.fake_quant(x, q.grid)) == 0
