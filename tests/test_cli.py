@@ -43,18 +43,30 @@ def test_list_shows_every_builtin_method_and_target_with_its_distribution():
             assert (method, target, f"iq-{method}") in listed
 
 
-def test_list_reports_a_broken_plugin_with_its_reason_and_keeps_the_others(tmp_path):
-    dist = tmp_path / "iq_broken-0.1.dist-info"
+def install_broken_plugin(folder):
+    """A real (unpacked) distribution ``iq-broken`` whose ``iqcore`` entry point fails to import."""
+    dist = folder / "iq_broken-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: iq-broken\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[iqcore]\nbroken = iq_broken_module\n")
-    (tmp_path / "iq_broken_module.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
-    result = run("list", "--json", env={"PYTHONPATH": str(tmp_path)})
+    (folder / "iq_broken_module.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_list_reports_a_broken_plugin_with_its_reason_and_keeps_the_others(tmp_path):
+    result = run("list", "--json", env=install_broken_plugin(tmp_path))
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [(f["plugin"], f["distribution"]) for f in data["failed_plugins"]] == [("broken", "iq-broken")]
     assert "this plugin is broken on purpose" in data["failed_plugins"][0]["error"]
     assert len(data["quantizers"]) == 6
+
+
+def test_list_in_strict_mode_exits_1_naming_the_broken_plugin(tmp_path):
+    result = run("list", env={**install_broken_plugin(tmp_path), "IQCORE_STRICT_PLUGINS": "1"})
+    assert result.returncode == 1
+    assert len(error_lines(result)) == 1
+    assert "'broken' (distribution iq-broken)" in error_lines(result)[0]
 
 
 def test_unknown_command_exits_2_with_a_one_line_reason():
