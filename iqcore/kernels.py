@@ -17,19 +17,25 @@ Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_var
 it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
 op is lowered with a different formula, so there the broadcasting kernel runs instead.
 
-Speed (see docs/performance.md; every path computes the same float32 operations in the same order):
+Speed (see docs/performance.md; every path performs the reference's float32 operations in its order):
 
-* Per-channel grids outside XLA run the broadcasting kernel compiled by XLA on its own
-  (``tf.function(jit_compile=True)`` around the kernel alone), with the grid's parameters as run-time
-  arguments: one fused pass over the tensor, no transposes, and no buffer but the output. TensorFlow's own
-  per-channel op is 26-68x slower than a memory copy on CPU, works on the last axis only and disagrees with
-  the per-tensor op on rare near-ties, so it is never used.
-* Eagerly, a per-channel call with a new shape runs the same kernel op by op first (a Keras layer quantizes
-  its weights once: compiling for that would cost more than it saves); the compiled kernel takes over from
-  the second call with that shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements.
-  Tensors of at most ``SMALL_EAGER`` elements are computed by :func:`iqcore.grid.fake_quant` in NumPy (IEEE
-  float32 arithmetic: the reference itself), which costs less than dispatching TensorFlow ops.
-* The grid's parameters are converted to tensors once per grid and cached, so an eager call pays for one op.
+* Per-channel grids outside XLA run the kernel compiled by XLA on its own (``tf.function(jit_compile=True)``
+  around the kernel alone): one fused pass over the tensor, no transposes, no buffer but the output.
+  TensorFlow's own per-channel op is far slower than a memory copy on CPU, works on the last axis only and
+  disagrees with the per-tensor op on rare near-ties, so it is never used. That compiled kernel
+  (:func:`_kernel_float32`) is the plain float32 formula with the float64 multiply: exact because its
+  parameters are always run-time values, eager tensors eagerly and ``PlaceholderWithDefault`` outputs in a
+  graph, so that no optimizer has a constant to fold, and no product feeds an addition (no FMA). It is about
+  30% faster than the float64-staged :func:`steps`, which stays for code paths where the parameters are
+  constants (inside an enclosing XLA compilation, op by op).
+* Eagerly, a per-channel call with a new shape runs :func:`steps` op by op (a Keras layer quantizes its
+  weights once: compiling for that would cost more than it saves); the compiled kernel takes over from the
+  second call with that shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements. It is
+  called by name, skipping ``tf.function``'s Python dispatch. Tensors of at most ``SMALL_EAGER`` elements are
+  computed in NumPy with :func:`iqcore.grid.fake_quant`'s operations (IEEE float32: the reference itself),
+  which costs less than dispatching TensorFlow ops.
+* The grid's parameters are laid out and converted to tensors once per grid and cached, so an eager
+  per-tensor call is one TensorFlow op.
 * ``IQCORE_XLA=0`` in the environment turns the separately compiled kernel off (op by op everywhere), for
   platforms without XLA's CPU JIT.
 """
@@ -55,7 +61,8 @@ COMPILE_AT_ONCE = 1 << 22
 #: Whether per-channel grids outside XLA use the separately compiled kernel (``IQCORE_XLA=0`` turns it off).
 USE_XLA = os.environ.get("IQCORE_XLA", "1").strip().lower() not in {"0", "false", "no", "off"}
 
-_EagerTensor = type(tf.constant(0.0))
+with tf.init_scope():  # this module may first be imported while a tf.function is being traced
+    _EagerTensor = type(tf.constant(0.0))
 _FLOAT32 = tf.float32
 
 
@@ -198,7 +205,6 @@ def _kernel_float32(x32, nmin, nmax, reciprocal, quant_zero32, scale):
 
 # The kernel compiled alone. Its parameters are run-time arguments, so XLA compiles one executable per input
 # shape (and channel layout), not per grid. Under an enclosing XLA compilation the kernel is inlined instead.
-_compiled_kernel = tf.function(_kernel, jit_compile=True, autograph=False, reduce_retracing=True)
 _compiled_kernel_float32 = tf.function(_kernel_float32, jit_compile=True, autograph=False, reduce_retracing=True)
 
 
@@ -208,8 +214,9 @@ class _Plan:
     def __init__(self, grid: Grid):
         nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
         self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
+        self.arrays32 = (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale)
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
-            self.tensors = tuple(tf.constant(a) for a in (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale))
+            self.tensors = tuple(tf.constant(a) for a in self.arrays32)
             self.min = tf.constant(grid.min)
             self.max = tf.constant(grid.max)
         # NumPy reference parameters laid out once (see iqcore.grid.steps and fake_quant).
@@ -335,7 +342,11 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
             x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
         )
     elif USE_XLA and not in_xla_context():
-        y = _compiled_kernel(x32, *_plan(grid).arrays)
+        # PlaceholderWithDefault keeps the parameters run-time values: Grappler's constant folding never folds
+        # a placeholder (grappler/op_types.cc IsPlaceholder), so neither it nor XLA sees constants to fold and
+        # the float32 kernel is exact (see _kernel_float32).
+        params = [tf.raw_ops.PlaceholderWithDefault(input=a, shape=a.shape) for a in _plan(grid).arrays32]
+        y = _compiled_kernel_float32(x32, *params)
     else:
         y = _kernel(x32, *_plan(grid).arrays)
     return tf.cast(y, x.dtype) if x.dtype != tf.float32 else y

@@ -6,6 +6,9 @@ tensors); graph mode calls the compiled kernel from inside the graph. Each is co
 reference on probe inputs (ties, their ±1-ulp neighbours, range ends, ±inf, NaN).
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,3 +111,20 @@ def test_compiled_eager_kernel_is_exact_on_every_axis(method, rank, axis, monkey
                              channel_axis=axis, input_rank=rank, **p)
     x = g.probe_tensor(q.grid, per_channel_count=256)
     assert mismatches(q(tf.constant(x)), g.fake_quant(x, q.grid)) == 0
+
+
+def test_kernels_first_imported_while_tracing_still_tell_eager_from_symbolic_tensors():
+    code = """
+import numpy as np, tensorflow as tf, iqcore
+from iqcore import grid as g
+q = iqcore.get_quantizer("symmetric", "weights", num_bits=8, threshold=[0.3, 1.7, 2.9], per_channel=True,
+                         channel_axis=1, input_rank=2)
+x = g.probe_tensor(q.grid)
+y = tf.function(q)(tf.constant(x))  # iqcore.kernels is imported during this trace
+z = q(tf.constant(x))
+want = g.fake_quant(x, q.grid).view(np.uint32)
+print(int((y.numpy().view(np.uint32) != want).sum() + (z.numpy().view(np.uint32) != want).sum()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0"
