@@ -103,14 +103,18 @@ def sample_input(quantizer: InferableQuantizer, seed: int = 0, size: int = 4) ->
         rank = int(config.get("input_rank") or (int(params.axis) + 1))
         shape = [size] * rank
         shape[int(params.axis)] = int(np.size(params.scale))
-    n = int(np.prod(shape))
-    values = rng.uniform(low - 3 * step, high + 3 * step, size=n)
-    k = rng.integers(int(params.qmin) - 2, int(params.qmax) + 2, size=n)
-    ties = (k - float(zp[0]) + 0.5) * float(scale[0])
-    grid_points = (k - float(zp[0])) * float(scale[0])
-    which = rng.integers(0, 3, size=n)
+    layout = [1] * len(shape)
+    if params.axis is not None:
+        layout[int(params.axis)] = -1
+    scale_b = np.broadcast_to(np.reshape(scale, layout), shape)  # each element's own channel
+    zp_b = np.broadcast_to(np.reshape(zp, layout), shape)
+    values = rng.uniform(low - 3 * step, high + 3 * step, size=shape)
+    k = rng.integers(int(params.qmin) - 2, int(params.qmax) + 2, size=shape)
+    ties = (k - zp_b + 0.5) * scale_b
+    grid_points = (k - zp_b) * scale_b
+    which = rng.integers(0, 3, size=shape)
     x = np.where(which == 0, values, np.where(which == 1, ties, grid_points))
-    return x.astype(np.float32).reshape(shape)
+    return x.astype(np.float32)
 
 
 def dequantize(codes, params) -> np.ndarray:
