@@ -364,6 +364,33 @@ def export_problem(var, q: InferableQuantizer) -> str | None:
     return None
 
 
+def symmetric_bound(scale: np.ndarray) -> np.ndarray:
+    """float32 ``m`` per channel such that the range ``[-m, m]`` over 254 steps has exactly ``scale`` as step.
+
+    ``127 * scale`` is rarely a float32, and rounding it moves the step the converter derives from the range
+    (``2m / 254``) by an ulp. Among the float32 neighbours of ``127 * scale`` this picks the nearest whose step,
+    divided in float32 and in float64 alike, rounds back to ``scale``.
+    """
+    scale = np.asarray(scale, np.float32)
+    flat = scale.reshape(-1)
+    out = np.empty_like(flat)
+    for i, s in enumerate(flat):
+        centre = np.float32(127.0 * np.float64(s))
+        candidates = [centre]
+        up = down = centre
+        for _ in range(64):
+            up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+            candidates += [down, up]
+        for m in candidates:
+            twice = np.float32(2) * m
+            if np.float32(twice / np.float32(254)) == s and np.float32(np.float64(twice) / 254.0) == s:
+                out[i] = m
+                break
+        else:  # not reached for normal float32 scales; check_tflite would report the difference
+            out[i] = centre
+    return out.reshape(scale.shape)
+
+
 def export_weight(var, q: InferableQuantizer, name: str, axis: int | None = None) -> tf.Tensor:
     """``var`` (already on ``q``'s grid) through an 8-bit narrow-range FakeQuant op whose scale is ``q``'s.
 
@@ -372,13 +399,12 @@ def export_weight(var, q: InferableQuantizer, name: str, axis: int | None = None
     ``axis`` overrides the quantizer's channel axis when ``var`` is a reshaped view of the weight.
     """
     g = q.grid
-    scale = g.scale.astype(np.float64)
-    low = (-127.0 * scale).astype(np.float32)
-    high = (127.0 * scale).astype(np.float32)
+    high = symmetric_bound(g.scale)
+    low = -high
     w = tf.convert_to_tensor(var)
     if g.axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
-            w, float(low), float(high), num_bits=8, narrow_range=True, name=name)
+            w, low.reshape(()), high.reshape(()), num_bits=8, narrow_range=True, name=name)
     shape = list(w.shape)
     rank = len(shape)
     axis = g.axis if axis is None else axis
@@ -473,9 +499,43 @@ def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: b
     finally:
         for w in wrappers:
             w._export = False
+    flatbuffer = restore_scales(flatbuffer, model)
     if check:
         check_tflite(flatbuffer, model)
     return flatbuffer
+
+
+def _wanted_scales(wrapper, name) -> np.ndarray:
+    return np.repeat(wrapper._quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
+
+
+def restore_scales(flatbuffer: bytes, model) -> bytes:
+    """Write the quantizers' exact scales over weight scales the converter derived one float32 ulp off.
+
+    The converter derives each weight scale from the FakeQuant range in float32; for about one channel in a
+    hundred no float32 range gives back a non-power-of-two scale exactly (:func:`symmetric_bound`). The int8
+    weights are the same either way (each is ``code * scale`` to within far less than half a step); only the
+    stored scale vector is replaced, where its bytes occur exactly once in the file. Anything else is left for
+    :func:`check_tflite` to report.
+    """
+    buffer = bytearray(flatbuffer)
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name in w._quantizers:
+            d = tensors.get((w.name, name))
+            if d is None:
+                continue
+            got = d["quantization_parameters"]["scales"].astype("<f4")
+            want = _wanted_scales(w, name).astype("<f4")
+            if got.shape != want.shape or np.array_equal(got, want):
+                continue
+            if np.any(np.abs(got.astype(np.float64) / want - 1) > 2.0**-22):
+                continue  # not an ulp: a real difference, reported by check_tflite
+            old = got.tobytes()
+            if buffer.count(old) == 1:
+                start = buffer.find(old)
+                buffer[start:start + len(old)] = want.tobytes()
+    return bytes(buffer)
 
 
 def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
@@ -510,7 +570,7 @@ def check_tflite(flatbuffer: bytes, model) -> None:
             if d is None:
                 raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
             params = d["quantization_parameters"]
-            want = np.repeat(q.grid.scale.reshape(-1), _export_repeat(w, name))
+            want = _wanted_scales(w, name)
             got = params["scales"].astype(np.float32)
             if got.shape != want.shape or not np.array_equal(got, want) or np.any(params["zero_points"] != 0):
                 raise RuntimeError(

@@ -144,3 +144,20 @@ def test_more_than_eight_bit_weights_are_refused():
     model = keras.Model(inp, QuantizationWrapper(keras.layers.Dense(3), {"kernel": symmetric((4, 3), 1, bits=12)})(inp))
     with pytest.raises(ValueError, match="num_bits is 12; allowed for TFLite int8 weights: 2..8"):
         to_tflite(model)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_hundreds_of_arbitrary_channel_scales_are_stored_exactly(bits):
+    units_in, units_out = 16, 512
+    q = symmetric((3, 3, units_in, units_out), 3, bits=bits, seed=bits)
+    inp = keras.Input((4, 4, units_in))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    x = QuantizationWrapper(keras.layers.Conv2D(units_out, 3), {"kernel": q})(x)
+    model = keras.Model(inp, ActivationQuantizationHolder(uniform_activation(-8.0, 8.0))(x))
+    flatbuffer = to_tflite(model, check=False)
+    wrapper = model.layers[2]
+    got = tflite_weight_tensors(flatbuffer, model)[(wrapper.name, "kernel")]["quantization_parameters"]["scales"]
+    np.testing.assert_array_equal(got.astype(np.float32), q.quantization_params().scale)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 4, 4, units_in)).astype(np.float32)
+    out, step, _ = run_tflite(flatbuffer, x)
+    assert np.abs(out - model(x).numpy()).max() <= step * (1 + 1e-3)
