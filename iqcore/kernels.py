@@ -203,9 +203,23 @@ def _kernel_float32(x32, nmin, nmax, reciprocal, quant_zero32, scale):
     return tf.floor(scaled - quant_zero32 + 0.5) * scale
 
 
+def _channel_kernel(x32, nmin, nmax, reciprocal, quant_zero32, scale, axis: int, last: bool):
+    """:func:`_kernel_float32` with 1-d parameters on ``x32`` viewed as ``(outer, channels, inner)``, or
+    ``(outer, channels)`` for the last axis: the same elementwise operations on the same elements, in the
+    layout XLA's loops handle best (reshapes of a contiguous tensor are free)."""
+    shape = tf.shape(x32)
+    outer = tf.reduce_prod(shape[:axis])
+    if last:
+        view, laid = tf.stack([outer, -1]), [1, -1]
+    else:
+        view, laid = tf.stack([outer, -1, tf.reduce_prod(shape[axis + 1:])]), [1, -1, 1]
+    params = [tf.reshape(p, laid) for p in (nmin, nmax, reciprocal, quant_zero32, scale)]
+    return tf.reshape(_kernel_float32(tf.reshape(x32, view), *params), shape)
+
+
 # The kernel compiled alone. Its parameters are run-time arguments, so XLA compiles one executable per input
-# shape (and channel layout), not per grid. Under an enclosing XLA compilation the kernel is inlined instead.
-_compiled_kernel_float32 = tf.function(_kernel_float32, jit_compile=True, autograph=False, reduce_retracing=True)
+# shape (and channel axis), not per grid. Under an enclosing XLA compilation the kernel is inlined instead.
+_compiled_kernel_float32 = tf.function(_channel_kernel, jit_compile=True, autograph=False, reduce_retracing=True)
 
 
 class _Plan:
@@ -214,7 +228,10 @@ class _Plan:
     def __init__(self, grid: Grid):
         nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
         self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
-        self.arrays32 = (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale)
+        self.axis = grid.axis
+        self.last = grid.axis is not None and grid.axis == grid.rank - 1
+        # 1-d parameters for the compiled kernel, which lays them out itself.
+        self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale))
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
             self.tensors = tuple(tf.constant(a) for a in self.arrays32)
             self.min = tf.constant(grid.min)
@@ -243,7 +260,7 @@ class _Plan:
         """Run the compiled kernel eagerly on ``x`` (rank-generic: XLA compiles once per concrete shape)."""
         call = self.compiled.get(len(x.shape))
         if call is None:
-            call = self.compiled[len(x.shape)] = _eager_caller(x, self.tensors)
+            call = self.compiled[len(x.shape)] = _eager_caller(x, self.tensors, self.axis, self.last)
         return call(x)
 
     def compile_now(self, shape: tuple, elements: int) -> bool:
@@ -257,7 +274,7 @@ class _Plan:
         return n >= 1
 
 
-def _eager_caller(x: tf.Tensor, params: tuple):
+def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     """A callable running the compiled float32 kernel eagerly on ``x`` with the least Python in between.
 
     The parameters are eager tensors passed at every call, so they are run-time arguments of the XLA
@@ -267,7 +284,8 @@ def _eager_caller(x: tf.Tensor, params: tuple):
     the traced function is called by name instead, as its concrete function does internally. Private API:
     any failure falls back to the concrete function, which raises real errors.
     """
-    concrete = _compiled_kernel_float32.get_concrete_function(x, *params)
+    spec = tf.TensorSpec([None] * len(x.shape), tf.float32)  # one traced function for every shape of this rank
+    concrete = _compiled_kernel_float32.get_concrete_function(spec, *params, axis, last)
 
     def slow(t):
         return concrete(t, *params)
@@ -345,8 +363,9 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
         # PlaceholderWithDefault keeps the parameters run-time values: Grappler's constant folding never folds
         # a placeholder (grappler/op_types.cc IsPlaceholder), so neither it nor XLA sees constants to fold and
         # the float32 kernel is exact (see _kernel_float32).
-        params = [tf.raw_ops.PlaceholderWithDefault(input=a, shape=a.shape) for a in _plan(grid).arrays32]
-        y = _compiled_kernel_float32(x32, *params)
+        plan = _plan(grid)
+        params = [tf.raw_ops.PlaceholderWithDefault(input=a, shape=a.shape) for a in plan.arrays32]
+        y = _compiled_kernel_float32(x32, *params, plan.axis, plan.last)
     else:
         y = _kernel(x32, *_plan(grid).arrays)
     return tf.cast(y, x.dtype) if x.dtype != tf.float32 else y

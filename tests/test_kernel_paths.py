@@ -128,3 +128,14 @@ print(int((y.numpy().view(np.uint32) != want).sum() + (z.numpy().view(np.uint32)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "0"
+
+
+def test_compiled_eager_kernel_serves_every_shape_of_a_rank(monkeypatch):
+    monkeypatch.setattr(kernels, "SMALL_EAGER", 0)
+    monkeypatch.setattr(kernels, "COMPILE_AT_ONCE", 1)
+    q = quantizer(1, 3, channels=4, seed=9)
+    for other in ((2, 8), (5, 3), (1, 1)):
+        x = np.random.default_rng(other[0]).normal(size=(other[0], 4, other[1])).astype(np.float32) * 4
+        y = q(tf.constant(x))
+        assert y.shape == x.shape
+        assert mismatches(y, g.fake_quant(x, q.grid)) == 0
