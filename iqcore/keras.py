@@ -229,7 +229,8 @@ class QuantizationWrapper(keras.layers.Layer):
             return
         for name, q in self._quantizers.items():
             var = self._variables_by_name[name]
-            var.assign(q(tf.convert_to_tensor(var)))
+            stored = getattr(var, "_variable", var)  # Keras 2 mixed precision: read past the AutoCastVariable
+            var.assign(tf.cast(q(tf.convert_to_tensor(stored)), stored.dtype))
 
     def set_weights(self, weights):
         """Set the wrapped layer's weights (float values are fine) and quantize them."""
@@ -255,6 +256,14 @@ class QuantizationWrapper(keras.layers.Layer):
             kernel = tf.reshape(kernel, [1, 1, *kernel.shape])
             kernel = export_weight(kernel, self._quantizers["kernel"], f"iqcore_{self.name}_kernel", axis=3)
             return _dense_as_conv(self.layer, inputs, kernel)
+        if _is_plain_conv1d(self.layer) and set(self._quantizers) == {"kernel"} and not args and \
+                set(kwargs) <= {"training"}:
+            kernel = tf.convert_to_tensor(self._variables_by_name["kernel"])
+            kernel = tf.reshape(kernel, [1, *kernel.shape])
+            q = self._quantizers["kernel"]
+            axis = None if q.grid.axis is None else q.grid.axis + 1
+            kernel = export_weight(kernel, q, f"iqcore_{self.name}_kernel", axis=axis)
+            return _conv1d_as_conv2d(self.layer, inputs, kernel)
         fq = {name: export_weight(self._variables_by_name[name], q, f"iqcore_{self.name}_{name}")
               for name, q in self._quantizers.items()}
         mapping = [(self._variables_by_name[name], value) for name, value in fq.items()]
@@ -425,6 +434,31 @@ def export_weight(var, q: InferableQuantizer, name: str, axis: int | None = None
     return tf.transpose(out, inverse)
 
 
+def _is_plain_conv1d(layer) -> bool:
+    """A channels-last, ungrouped Conv1D (the form :func:`_conv1d_as_conv2d` rewrites)."""
+    if type(layer).__name__ != "Conv1D":
+        return False
+    config = layer.get_config()
+    return config.get("data_format", "channels_last") == "channels_last" and config.get("groups", 1) == 1
+
+
+def _conv1d_as_conv2d(layer, inputs, kernel):
+    """A Conv1D as a Conv2D over a height-1 image, with the FakeQuant on the 4-d kernel (TFLite rejects a
+    per-channel FakeQuant followed by the ExpandDims Keras' own Conv1D inserts)."""
+    config = layer.get_config()
+    x = tf.expand_dims(tf.convert_to_tensor(inputs), 1)
+    stride, dilation = config["strides"][0], config["dilation_rate"][0]
+    padding = config["padding"].upper()
+    if padding == "CAUSAL":
+        x = tf.pad(x, [[0, 0], [0, 0], [dilation * (config["kernel_size"][0] - 1), 0], [0, 0]])
+        padding = "VALID"
+    y = tf.nn.conv2d(x, kernel, strides=[1, 1, stride, 1], padding=padding, dilations=[1, 1, dilation, 1])
+    y = tf.squeeze(y, 1)
+    if layer.use_bias:
+        y = y + tf.convert_to_tensor(layer.bias)
+    return layer.activation(y) if layer.activation is not None else y
+
+
 def _dense_as_conv(layer, inputs, kernel):
     """A Dense layer as a 1x1 Conv2D: the form in which TFLite accepts per-channel Dense weights."""
     units_in, units_out = kernel.shape[2:]
@@ -454,6 +488,11 @@ def flatten_layers(model) -> list:
     return out
 
 
+#: Wrapped layers :func:`to_tflite` exports (tested), and those it refuses.
+TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
+UNSUPPORTED_TFLITE = frozenset({"Conv2DTranspose", "Conv3D", "Conv3DTranspose", "Conv1DTranspose"})
+
+
 def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: bool = True) -> bytes:
     """Convert a quantized Keras model to a fully int8 TFLite flatbuffer that keeps the quantizers' grids.
 
@@ -480,6 +519,11 @@ def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: b
     for w in wrappers:
         if not w.built:
             raise ValueError(f"{w.name} is not built; allowed: a built model (call it once or give it an Input)")
+        if type(w.layer).__name__ in UNSUPPORTED_TFLITE:
+            raise ValueError(
+                f"{w.name}: TFLite export of a wrapped {type(w.layer).__name__} is not supported yet; allowed: "
+                f"{', '.join(TFLITE_LAYERS)} (and other layers whose weights need no per-channel FakeQuant rewrite)"
+            )
         for name, q in w._quantizers.items():
             problem = export_problem(w._variables_by_name[name], q)
             if problem:

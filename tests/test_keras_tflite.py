@@ -161,3 +161,25 @@ def test_hundreds_of_arbitrary_channel_scales_are_stored_exactly(bits):
     x = np.random.default_rng(0).uniform(-1, 1, (8, 4, 4, units_in)).astype(np.float32)
     out, step, _ = run_tflite(flatbuffer, x)
     assert np.abs(out - model(x).numpy()).max() <= step * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("padding", ["valid", "causal"])
+def test_per_channel_conv1d_converts_with_its_scales_and_agrees_with_keras(padding):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 4))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    x = QuantizationWrapper(keras.layers.Conv1D(6, 3, padding=padding, dilation_rate=2),
+                            {"kernel": symmetric((3, 4, 6), 2)})(x)
+    model = keras.Model(inp, ActivationQuantizationHolder(uniform_activation(-2.0, 2.0))(x))
+    flatbuffer = to_tflite(model)  # check=True: every scale equals quantization_params()
+    x = np.random.default_rng(1).uniform(-1, 1, (8, 16, 4)).astype(np.float32)
+    got, step, _ = run_tflite(flatbuffer, x)
+    assert np.abs(got - model(x).numpy()).max() <= step * (1 + 1e-3)
+
+
+def test_wrapped_conv2d_transpose_export_is_refused_naming_the_supported_layers():
+    inp = keras.Input((6, 6, 4))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    x = QuantizationWrapper(keras.layers.Conv2DTranspose(5, 3), {"kernel": symmetric((3, 3, 5, 4), 2)})(x)
+    with pytest.raises(ValueError, match="Conv2DTranspose is not supported yet; allowed: Conv1D, Conv2D"):
+        to_tflite(keras.Model(inp, x))
