@@ -120,3 +120,19 @@ def test_holder_output_equals_its_quantizer():
 def test_holder_refuses_a_weights_quantizer():
     with pytest.raises(ValueError, match="allowed here: an activation quantizer"):
         ActivationQuantizationHolder(symmetric((4, 3), 1))
+
+
+def test_weights_only_quantized_model_runs_the_same_graph_ops_as_the_float_model():
+    from collections import Counter
+
+    from keras_models import cnn
+
+    from iqcore.keras import quantize_model
+
+    def op_counts(model):
+        spec = tf.TensorSpec((1, 16, 16, 3), tf.float32)
+        graph = tf.function(lambda t: model(t)).get_concrete_function(spec).graph
+        return Counter(op.type for op in graph.get_operations())
+
+    model = cnn()
+    assert op_counts(quantize_model(model, weights_method="symmetric")) == op_counts(model)
