@@ -24,7 +24,9 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -195,6 +197,78 @@ def plot(rows: list[dict[str, Any]], float_acc: float, path: str) -> None:
     plt.close(fig)
 
 
+CONVERTER = """
+import json, sys
+import iqcore
+from iqcore import keras as iqkeras
+for method, source, target in json.loads(sys.argv[1]):
+    try:
+        flatbuffer = iqkeras.to_tflite(iqcore.load_model(source))
+    except ValueError as e:
+        result = {"method": method, "refused": str(e)}
+    else:
+        with open(target, "wb") as f:
+            f.write(flatbuffer)
+        result = {"method": method, "path": target, "bytes": len(flatbuffer)}
+    print("IQCORE-RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def _crash_reason(stderr: str) -> str:
+    """The most telling line of a crashed converter's stderr (MLIR errors keep only their message)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reasons = []
+    for marker in ("LLVM ERROR", "Check failed", "error:"):
+        for line in lines:
+            if marker in line and not line.startswith("File "):
+                reasons.append(line[line.index(marker):] if marker == "error:" else line)
+    if reasons:
+        return "; ".join(dict.fromkeys(r[:200] for r in reasons[:3]))
+    return lines[-1][:300] if lines else "no message"
+
+
+def convert_in_child(jobs: list[tuple[str, str, str]], on_result=None) -> dict[str, dict[str, Any]]:
+    """Convert saved models to TFLite with :func:`iqcore.keras.to_tflite` in a child Python process.
+
+    Some TensorFlow versions' converters abort the whole process on some graphs; in a child, such a crash
+    becomes a one-line reason for that model and the others are still converted.
+
+    Args:
+        jobs: ``(method, saved .keras path, .tflite path to write)`` triples.
+        on_result: Called with each method's name as soon as its conversion ends (for progress).
+
+    Returns:
+        Per method: ``{"path", "bytes"}`` when converted, else ``{"refused": reason}``.
+    """
+    import tensorflow as tf
+
+    results: dict[str, dict[str, Any]] = {}
+    pending = list(jobs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    while pending:
+        with tempfile.TemporaryFile("w+") as errors:
+            child = subprocess.Popen([sys.executable, "-c", CONVERTER, json.dumps(pending)], stdout=subprocess.PIPE,
+                                     stderr=errors, text=True, env=env)
+            for line in child.stdout or ():
+                if line.startswith("IQCORE-RESULT "):
+                    outcome = json.loads(line[len("IQCORE-RESULT "):])
+                    method = outcome.pop("method")
+                    results[method] = outcome
+                    if on_result is not None:
+                        on_result(method)
+            returncode = child.wait()
+            errors.seek(0)
+            stderr = errors.read()
+        pending = [job for job in pending if job[0] not in results]
+        if pending and returncode != 0:
+            method = pending.pop(0)[0]
+            results[method] = {"refused": f"the TensorFlow {tf.__version__} TFLite converter crashed (exit code "
+                                          f"{returncode}): {_crash_reason(stderr)}"}
+        elif pending:
+            break
+    return results
+
+
 def run(out_dir: str = "iqcore-demo", seed: int = 0, epochs: int = 30, bits: tuple[int, ...] = (8, 6, 4),
         stream=None) -> dict[str, Any]:
     """Run the demo (see the module docstring) and return its figures (also in ``out_dir/results.json``).
@@ -242,9 +316,11 @@ def run(out_dir: str = "iqcore-demo", seed: int = 0, epochs: int = 30, bits: tup
     rows, kept = [], {}
     for method in METHODS:
         for b in bits:
-            qmodel = iqkeras.quantize_model(model, weights_method=method, weights_bits=b,
-                                            activation_method=method, activation_bits=b,
-                                            representative_data=calibration)
+            with warnings.catch_warnings():  # Keras 3 notes calibration batches' structure: harmless here
+                warnings.simplefilter("ignore", UserWarning)
+                qmodel = iqkeras.quantize_model(model, weights_method=method, weights_bits=b,
+                                                activation_method=method, activation_bits=b,
+                                                representative_data=calibration)
             logits = np.asarray(qmodel(x_test, training=False))
             rows.append({"method": method, "bits": b, "accuracy": accuracy(logits, y_test),
                          "sqnr_db": sqnr_db(float_logits, logits)})
@@ -265,27 +341,25 @@ def run(out_dir: str = "iqcore-demo", seed: int = 0, epochs: int = 30, bits: tup
         progress.say(f"      {path}: reloaded outputs {'identical' if same else 'DIFFER'}")
 
     progress.step(f"converting the {keep_bits}-bit models to int8 TFLite and running the interpreter")
+    jobs = [(method, results["saved"][method]["path"],
+             os.path.join(out_dir, f"digits_{method}_{keep_bits}bit_int8.tflite")) for method in kept]
     results["tflite"] = {}
-    for method, (qmodel, logits) in kept.items():
-        entry: dict[str, Any] = {}
-        try:
-            with quiet():
-                flatbuffer = iqkeras.to_tflite(qmodel)
-        except ValueError as e:
-            entry["refused"] = str(e)
-            progress.say(f"      {method}: not converted: {e}")
-        else:
-            path = os.path.join(out_dir, f"digits_{method}_{keep_bits}bit_int8.tflite")
-            with open(path, "wb") as f:
-                f.write(flatbuffer)
+    converted = convert_in_child(jobs, on_result=lambda m: progress.say(f"      {m}: conversion finished"))
+    for method, outcome in converted.items():
+        logits = kept[method][1]
+        entry: dict[str, Any] = dict(outcome)
+        if "path" in outcome:
+            with open(outcome["path"], "rb") as f:
+                flatbuffer = f.read()
             with quiet():
                 lite = tflite_logits(flatbuffer, x_test)
-            entry = {"path": path, "bytes": len(flatbuffer), "accuracy": accuracy(lite, y_test),
-                     "keras_accuracy": accuracy(logits, y_test),
-                     "argmax_agreement": float(np.mean(np.argmax(lite, -1) == np.argmax(logits, -1)))}
-            progress.say(f"      {path} ({len(flatbuffer)} bytes): interpreter accuracy {entry['accuracy']:.4f} "
-                         f"(Keras {entry['keras_accuracy']:.4f}, same prediction on "
+            entry.update(accuracy=accuracy(lite, y_test), keras_accuracy=accuracy(logits, y_test),
+                         argmax_agreement=float(np.mean(np.argmax(lite, -1) == np.argmax(logits, -1))))
+            progress.say(f"      {entry['path']} ({entry['bytes']} bytes): interpreter accuracy "
+                         f"{entry['accuracy']:.4f} (Keras {entry['keras_accuracy']:.4f}, same prediction on "
                          f"{100 * entry['argmax_agreement']:.1f}% of images)")
+        else:
+            progress.say(f"      {method}: not converted: {entry['refused']}")
         results["tflite"][method] = entry
 
     progress.step("plotting accuracy and SQNR against bits")
