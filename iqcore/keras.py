@@ -463,12 +463,16 @@ def _dense_as_conv(layer, inputs, kernel):
     """A Dense layer as a 1x1 Conv2D: the form in which TFLite accepts per-channel Dense weights."""
     units_in, units_out = kernel.shape[2:]
     x = tf.convert_to_tensor(inputs)
-    lead = tf.shape(x)[:-1]
+    inner = x.shape[1:-1]
+    if inner.rank is not None and inner.is_fully_defined():  # static: no SHAPE/CONCATENATION ops in the file
+        lead = [-1, *inner.as_list()]
+    else:
+        lead = tf.shape(x)[:-1]
     x4 = tf.reshape(x, [-1, 1, 1, units_in])
     y = tf.nn.conv2d(x4, kernel, strides=1, padding="VALID")
     if layer.use_bias:
         y = y + tf.convert_to_tensor(layer.bias)
-    y = tf.reshape(y, tf.concat([lead, [units_out]], axis=0))
+    y = tf.reshape(y, [*lead, units_out] if isinstance(lead, list) else tf.concat([lead, [units_out]], axis=0))
     if layer.activation is not None:
         y = layer.activation(y)
     return y
