@@ -27,17 +27,18 @@ Speed (see docs/performance.md; every path performs the reference's float32 oper
   parameters are always run-time values, eager tensors eagerly and ``PlaceholderWithDefault`` outputs in a
   graph, so that no optimizer has a constant to fold, and no product feeds an addition (no FMA). It is about
   30% faster than the float64-staged :func:`steps`, which stays for code paths where the parameters are
-  constants (inside an enclosing XLA compilation, op by op).
-* Eagerly, a per-channel call with a new shape runs :func:`steps` op by op (a Keras layer quantizes its
-  weights once: compiling for that would cost more than it saves); the compiled kernel takes over from the
-  second call with that shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements. It is
-  called by name, skipping ``tf.function``'s Python dispatch. Tensors of at most ``SMALL_EAGER`` elements are
-  computed in NumPy with :func:`iqcore.grid.fake_quant`'s operations (IEEE float32: the reference itself),
-  which costs less than dispatching TensorFlow ops.
+  constants (inside an enclosing XLA compilation, and graphs with ``IQCORE_XLA=0``).
+* Eagerly, per-channel tensors of at most ``SMALL_EAGER`` elements, and the first call with a new shape
+  below ``COMPILE_AT_ONCE`` elements (a Keras layer quantizes its weights once: compiling for that would cost
+  more than it saves), are computed in NumPy with :func:`iqcore.grid.fake_quant`'s float32 operations in
+  place on one array (IEEE float32: the reference itself; cheaper than dispatching TensorFlow ops, and
+  lighter than running the staged kernel op by op). The compiled kernel takes over from the second call
+  with a shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements; it is called by name,
+  skipping ``tf.function``'s Python dispatch.
 * The grid's parameters are laid out and converted to tensors once per grid and cached, so an eager
   per-tensor call is one TensorFlow op.
-* ``IQCORE_XLA=0`` in the environment turns the separately compiled kernel off (op by op everywhere), for
-  platforms without XLA's CPU JIT.
+* ``IQCORE_XLA=0`` in the environment turns the separately compiled kernel off (NumPy eagerly, :func:`steps`
+  op by op in graphs), for platforms without XLA's CPU JIT.
 """
 
 from __future__ import annotations
@@ -335,11 +336,9 @@ def _eager_float32(x: tf.Tensor, grid: Grid) -> tf.Tensor:
     if len(shape) != grid.rank or shape[grid.axis] != grid.channels:
         check_layout(x, grid)  # raises the full error
     elements = a.size
-    if elements <= SMALL_EAGER:
-        return _eager_constant(plan.numpy_fake_quant(a))
-    if USE_XLA and plan.compile_now(shape, elements):
+    if elements > SMALL_EAGER and USE_XLA and plan.compile_now(shape, elements):
         return plan.run_compiled(x)
-    return _kernel(x, *plan.arrays)
+    return _eager_constant(plan.numpy_fake_quant(a))
 
 
 def fake_quant(x, grid: Grid) -> tf.Tensor:

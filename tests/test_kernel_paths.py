@@ -1,8 +1,9 @@
 """Every execution path of iqcore.kernels.fake_quant is bit-exact (the speed paths of docs/performance.md).
 
-Eager per-channel calls take one of four paths depending on size and call count (NumPy for small tensors,
-op by op for the first call with a shape, the separately compiled kernel afterwards or at once for large
-tensors); graph mode calls the compiled kernel from inside the graph. Each is compared with the NumPy
+Eager per-channel calls take one of three paths depending on size and call count (NumPy for small tensors
+and for the first call with a shape, the separately compiled kernel afterwards or at once for large
+tensors); graph mode calls the compiled kernel from inside the graph, or the staged kernel op by op with
+IQCORE_XLA=0. Each is compared with the NumPy
 reference on probe inputs (ties, their ±1-ulp neighbours, range ends, ±inf, NaN).
 """
 
@@ -42,7 +43,7 @@ def test_eager_paths_small_first_call_compiled_are_exact(axis, monkeypatch):
     assert big.size > kernels.SMALL_EAGER
     want_small, want_big = g.fake_quant(small, q.grid), g.fake_quant(big, q.grid)
     assert mismatches(q(tf.constant(small)), want_small) == 0
-    for _ in range(3):  # op by op, then the compiled kernel
+    for _ in range(3):  # NumPy, then the compiled kernel
         assert mismatches(q(tf.constant(big)), want_big) == 0
     monkeypatch.setattr(kernels, "COMPILE_AT_ONCE", 1)
     q2 = quantizer(axis, 3, seed=axis)
