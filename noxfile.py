@@ -89,3 +89,17 @@ def keras2(session, tensorflow, keras, legacy):
                 " 'keras 3' if k.KERAS_3 else 'keras 2')", env=env)
     tests = sorted(str(p) for p in __import__("pathlib").Path("tests").glob("test_keras_*.py"))
     session.run("pytest", "-q", *tests, *session.posargs, env=env)
+
+
+# -- benchmarks (issue 4) -------------------------------------------------------------------------------------
+@nox.session(python="3.11")
+def bench(session):
+    """The benchmark suite's quick mode (about a minute); `nox -s bench -- --help` for its options.
+
+    mct-quantizers (the seed's library) is installed here only, as the comparison baseline, never as a dependency
+    of iqcore; it needs numpy and packaging only, so its torch/tensorflow extras are skipped with --no-deps.
+    """
+    session.install("-e", ".[cpu]", *PLUGINS, "packaging")
+    session.install("--no-deps", "mct-quantizers==1.7.0")
+    args = session.posargs or ["--quick"]
+    session.run("python", "bench/run.py", *args)
