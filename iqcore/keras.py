@@ -736,6 +736,23 @@ def calibrate_activation(low: float, high: float, method: str, num_bits: int = 8
     return registry.get_quantizer(method, "activation", num_bits=num_bits)  # raises, listing what exists
 
 
+#: Activations whose int8 TFLite kernels have a fixed output grid (softmax and logistic: step 1/256 from 0;
+#: tanh: step 1/128 around 0). Their holders take that grid instead of a calibrated one, so that Keras and the
+#: interpreter round to the same values.
+FIXED_OUTPUT_RANGES = {"softmax": (0.0, 1.0), "sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def fixed_range_activation(low: float, high: float, method: str, num_bits: int = 8) -> InferableQuantizer:
+    """An activation quantizer on ``[low, high)`` with step ``(high - low) / 2**num_bits`` (the last code is
+    ``high - step``), as TFLite's int8 softmax/logistic/tanh outputs."""
+    step = (high - low) / 2**num_bits
+    if method == "uniform":
+        return registry.get_quantizer("uniform", "activation", num_bits=num_bits, min_range=low,
+                                      max_range=high - step)
+    return registry.get_quantizer(method, "activation", num_bits=num_bits, threshold=max(abs(low), high),
+                                  signed=low < 0)
+
+
 def _clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
@@ -792,6 +809,8 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     if activation_method is not None and representative_data is None:
         raise ValueError("activation_method needs representative_data (batches of model inputs) for the ranges")
 
+    if activation_method is not None:
+        model = split_activations(model)
     # Weights: build the quantizers from the float weights.
     plan_w: dict[str, dict[str, InferableQuantizer]] = {}
     for layer in model.layers:
@@ -809,9 +828,16 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
                    if layer.name not in plan_a and type(layer).__name__ not in PASS_THROUGH]
         if quantize_inputs:
             targets = [n for n in input_names if n not in plan_a] + targets
-        ranges = _observe(model, targets, representative_data)
+        by_name = {layer.name: layer for layer in model.layers}
+        fixed = {n: FIXED_OUTPUT_RANGES[_activation_name(by_name[n].activation)] for n in targets
+                 if isinstance(by_name.get(n), keras.layers.Activation)
+                 and _activation_name(by_name[n].activation) in FIXED_OUTPUT_RANGES}
+        ranges = _observe(model, [n for n in targets if n not in fixed], representative_data)
         for n in targets:
-            plan_a[n] = calibrate_activation(*ranges[n], activation_method, activation_bits)
+            if n in fixed:
+                plan_a[n] = fixed_range_activation(*fixed[n], activation_method, activation_bits)
+            else:
+                plan_a[n] = calibrate_activation(*ranges[n], activation_method, activation_bits)
     for n, q in plan_a.items():
         deserialize_quantizer(q, f"activation_quantizers[{n!r}]", "activation")
 
@@ -821,73 +847,110 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
             return QuantizationWrapper(clone, plan_w[layer.name], name=f"{layer.name}_quantized")
         return clone
 
-    if isinstance(model, keras.Sequential):
-        new = _rebuild_sequential(model, wrap, plan_a, input_names)
-    else:
-        new = _rebuild_functional(model, wrap, plan_a, input_names)
+    def holders(name):
+        return [ActivationQuantizationHolder(plan_a[name], name=f"{name}_activation")] if name in plan_a else []
+
+    new = _rebuild(model, wrap, holders, f"{model.name}_quantized")
     _copy_weights(model, new)
     return new
 
 
-def _holder(name, q):
-    return ActivationQuantizationHolder(q, name=f"{name}_activation")
+#: Activations TFLite fuses into the op before them. A layer with another activation (softmax, sigmoid...) is
+#: split by :func:`split_activations` so that its pre-activation output gets a holder too.
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
 
 
-def _rebuild_sequential(model, wrap, plan_a, input_names):
-    inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name=input_names[0])
-    x = inputs
-    if input_names[0] in plan_a:
-        x = _holder(input_names[0], plan_a[input_names[0]])(x)
+def _activation_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def split_activations(model):
+    """A float copy of ``model`` in which each layer with an activation TFLite cannot fuse (anything but
+    linear, relu, relu6) computes linearly and is followed by an ``Activation`` layer named
+    ``"{layer}_{activation}"``; ``model`` itself if there is none. Outputs are unchanged up to float rounding.
+    """
+    split = {}
     for layer in model.layers:
-        x = wrap(layer)(x)
-        if layer.name in plan_a:
-            x = _holder(layer.name, plan_a[layer.name])(x)
-    return keras.Model(inputs, x, name=f"{model.name}_quantized")
+        fn = getattr(layer, "activation", None)
+        if fn is None or isinstance(layer, keras.layers.Activation) or _activation_name(fn) in FUSED_ACTIVATIONS:
+            continue
+        split[layer.name] = fn
+
+    if not split:
+        return model
+
+    def replace(layer):
+        if layer.name not in split:
+            return _clone_layer(layer)
+        config = layer.get_config()
+        config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+
+    def insert_after(name):
+        if name not in split:
+            return []
+        return [keras.layers.Activation(split[name], name=f"{name}_{_activation_name(split[name])}")]
+
+    new = _rebuild(model, replace, insert_after)
+    _copy_weights(model, new)
+    return new
 
 
-def _rebuild_functional(model, wrap, plan_a, input_names):
+def _rebuild(model, replace, insert_after, name=None):
+    """A copy of a Sequential or Functional model with each layer replaced by ``replace(layer)`` and the layers
+    ``insert_after(name)`` (fresh instances) chained after each layer or model input named ``name``."""
+    input_names = [t._keras_history[0].name for t in model.inputs]
+    if isinstance(model, keras.Sequential):
+        inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name=input_names[0])
+        x = _chain(inputs, insert_after(input_names[0]))
+        for layer in model.layers:
+            x = _chain(replace(layer)(x), insert_after(layer.name))
+        return keras.Model(inputs, x, name=name or model.name)
     if not KERAS_3:
-        return _rebuild_functional_keras2(model, wrap, plan_a)
+        return _rebuild_functional_keras2(model, replace, insert_after, name or model.name)
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, input_names)]
-    held = {id(t): _holder(n, plan_a[n])(t) for t, n in zip(inputs, input_names) if n in plan_a}
+    chained = {id(t): _chain(t, insert_after(n)) for t, n in zip(inputs, input_names)}
 
     def call(layer, *args, **kwargs):
-        args = tf.nest.map_structure(lambda t: held.get(id(t), t), args)
-        out = layer(*args, **kwargs)
+        args = tf.nest.map_structure(lambda t: chained.get(id(t), t), args)
         original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
-        if original in plan_a:
-            out = _holder(original, plan_a[original])(out)
-        return out
+        return _chain(layer(*args, **kwargs), insert_after(original))
 
-    structure = inputs if len(inputs) > 1 else inputs[0]
-    return keras.models.clone_model(model, input_tensors=structure, clone_function=wrap, call_function=call)
+    structure = tf.nest.pack_sequence_as(model.input, inputs)
+    new = keras.models.clone_model(model, input_tensors=structure, clone_function=replace, call_function=call)
+    return keras.Model(new.input, new.output, name=name or model.name)
 
 
-def _rebuild_functional_keras2(model, wrap, plan_a):
+def _chain(x, layers):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def _rebuild_functional_keras2(model, replace, insert_after, name):
     """Keras 2: rewrite the Functional config (layer entries with ``[[name, node, tensor, kwargs], ...]``
-    inbound nodes), inserting wrappers and holders, and rebuild it with ``Model.from_config``."""
+    inbound nodes), replacing layers and inserting new ones, and rebuild it with ``Model.from_config``."""
     config = model.get_config()
     by_name = {layer.name: layer for layer in model.layers}
-    entries, holders, renames = [], set(), {}
+    entries, inserted, renames = [], set(), {}
     for entry in config["layers"]:
         name = entry["name"]
         layer = by_name[name]
         nodes = max(1, len(entry["inbound_nodes"]))
         if isinstance(layer, keras.layers.InputLayer):
-            new_name = name
+            last = name
             entries.append(entry)
         else:
-            new = wrap(layer)
-            new_name = new.name
-            entries.append({**keras.layers.serialize(new), "name": new_name, "inbound_nodes": entry["inbound_nodes"]})
-            if new_name != name:
-                renames.update({(name, i): new_name for i in range(nodes)})
-        if name in plan_a:
-            holder = _holder(name, plan_a[name])
-            holders.add(holder.name)
-            entries.append({**keras.layers.serialize(holder), "name": holder.name,
-                            "inbound_nodes": [[[new_name, i, 0, {}]] for i in range(nodes)]})
-            renames.update({(name, i): holder.name for i in range(nodes)})
+            new = replace(layer)
+            last = new.name
+            entries.append({**keras.layers.serialize(new), "name": last, "inbound_nodes": entry["inbound_nodes"]})
+        for extra in insert_after(name):
+            inserted.add(extra.name)
+            entries.append({**keras.layers.serialize(extra), "name": extra.name,
+                            "inbound_nodes": [[[last, i, 0, {}]] for i in range(nodes)]})
+            last = extra.name
+        if last != name:
+            renames.update({(name, i): last for i in range(nodes)})
 
     def rename(ref):
         if not isinstance(ref, list) or len(ref) < 3 or not isinstance(ref[0], str):
@@ -895,9 +958,9 @@ def _rebuild_functional_keras2(model, wrap, plan_a):
         return [renames.get((ref[0], ref[1]), ref[0]), *ref[1:]]
 
     for entry in entries:
-        if entry["name"] not in holders:
+        if entry["name"] not in inserted:
             entry["inbound_nodes"] = [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]
-    config = {**config, "name": f"{model.name}_quantized", "layers": entries,
+    config = {**config, "name": name, "layers": entries,
               "output_layers": [rename(ref) for ref in config["output_layers"]]}
     return keras.Model.from_config(config)
 
