@@ -35,8 +35,8 @@ def matrix(session, tensorflow, keras, legacy):
     """The test suite on one (Python, TensorFlow, Keras) row of the supported range."""
     session.install(f"tensorflow-cpu=={tensorflow}", keras, "-e", ".[test,demo]", *PLUGINS)
     env = {"TF_USE_LEGACY_KERAS": "1"} if legacy else {}
-    session.run("python", "-c", "import tensorflow as tf; print('tensorflow', tf.__version__, 'keras',"
-                " getattr(tf.keras, '__version__', '?'))", env=env)
+    session.run("python", "-c", "import tensorflow as tf; print('tensorflow', tf.__version__, 'tf.keras is Keras',"
+                " 3 if hasattr(tf.keras, 'StatelessScope') else 2, tf.keras.__name__)", env=env)
     session.run("pytest", "-q", *session.posargs, env=env)
 
 
