@@ -137,3 +137,39 @@ def test_activation_method_without_data_is_refused():
 def test_unknown_weights_method_is_refused_listing_the_installed_ones():
     with pytest.raises(ValueError, match="no quantizer for method 'lut'.*symmetric/weights"):
         quantize_model(cnn(), weights_method="lut")
+
+
+def _residual_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.Concatenate(name="cat")([x, keras.layers.Conv2D(4, 1, name="c3")(x)])
+    x = keras.layers.AveragePooling2D(2, name="avg")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    return keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="fc")(x))
+
+
+def _quantized_residual():
+    return quantize_model(_residual_model(), weights_method="symmetric", activation_method="uniform",
+                          representative_data=DATA)
+
+
+def test_softmax_is_split_out_and_its_holder_has_tflites_fixed_grid():
+    quantized = _quantized_residual()
+    assert isinstance(quantized.get_layer("fc_softmax"), keras.layers.Activation)
+    params = quantized.get_layer("fc_softmax_activation").quantizer.quantization_params()
+    assert params.scale == np.float32(1 / 256) and params.zero_point == -128
+
+
+def test_no_holder_sits_between_a_batch_norm_and_the_relu_tflite_fuses_into_it():
+    names = [layer.name for layer in _quantized_residual().layers]
+    assert "bn_activation" not in names and "relu_activation" in names
+
+
+def test_average_pooling_holder_reuses_the_grid_of_its_input():
+    quantized = _quantized_residual()
+    assert quantized.get_layer("avg_activation").quantizer == quantized.get_layer("cat_activation").quantizer
