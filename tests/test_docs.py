@@ -34,29 +34,42 @@ def python_blocks(path: pathlib.Path) -> list[str]:
 
 RUNNER = textwrap.dedent("""
     import json, sys, traceback
-    results = {}
     for name, blocks in json.load(sys.stdin).items():
         namespace = {"__name__": "__main__"}
         try:
             for i, block in enumerate(blocks):
                 exec(compile(block, f"{name} (python block {i + 1})", "exec"), namespace)
-            results[name] = None
+            error = None
         except BaseException:
-            results[name] = traceback.format_exc()[-3000:]
-    print("\\nRESULTS " + json.dumps(results))
+            error = traceback.format_exc()[-3000:]
+        print("PAGE-RESULT " + json.dumps([name, error]), flush=True)
 """)
 
 
 @pytest.fixture(scope="module")
 def block_results(tmp_path_factory):
-    """Run every page's Python blocks, in order and sharing one namespace per page, in one fresh process."""
-    pages = {str(p.relative_to(ROOT)): python_blocks(p) for p in PAGES}
+    """Run every page's Python blocks, in order and sharing one namespace per page, in a fresh process.
+
+    A page that kills the process (a TensorFlow abort) fails with the process's last words; the pages after
+    it run in a new process.
+    """
+    pending = {str(p.relative_to(ROOT)): python_blocks(p) for p in PAGES}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    result = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(pages), capture_output=True,
-                            text=True, cwd=tmp_path_factory.mktemp("docs"), env=env, timeout=600, check=False)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert lines, f"the docs runner crashed:\n{result.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULTS "):])
+    cwd = tmp_path_factory.mktemp("docs")
+    results = {}
+    while pending:
+        run = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(pending), capture_output=True,
+                             text=True, cwd=cwd, env=env, timeout=600, check=False)
+        for line in run.stdout.splitlines():
+            if line.startswith("PAGE-RESULT "):
+                name, error = json.loads(line[len("PAGE-RESULT "):])
+                results[name] = error
+        pending = {name: blocks for name, blocks in pending.items() if name not in results}
+        if pending:
+            crashed = next(iter(pending))
+            results[crashed] = f"the process died (exit code {run.returncode}) in this page:\n{run.stderr[-3000:]}"
+            del pending[crashed]
+    return results
 
 
 def test_the_hookspec_module_declares_at_least_one_hook():
