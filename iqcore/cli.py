@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iqcore",
         description="Inference-only quantizers for Keras/TensorFlow: list the installed methods, inspect a "
                     "quantized model, run the demonstration.",
+        epilog="examples:\n"
+               "  iqcore list --json\n"
+               "  iqcore inspect model.keras\n"
+               "  iqcore demo --out demo --bits 8 4\n\n"
+               "'iqcore COMMAND --help' describes each command. Exit codes: 0 done, 1 failed (one-line reason on "
+               "stderr), 2 bad arguments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"iqcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
