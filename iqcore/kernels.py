@@ -247,8 +247,7 @@ class _Plan:
         """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance: the same float32 operations
         in the same order, in place on one new array (NaN inputs stay quiet NaNs and raise no warning)."""
         scale, nmin, nmax, qz = self.np_ref
-        y = np.maximum(x, nmin)
-        np.minimum(y, nmax, out=y)
+        y = _clip(x, nmin, nmax)
         np.subtract(y, nmin, out=y)
         np.divide(y, scale, out=y)
         np.subtract(y, qz, out=y)
@@ -309,6 +308,16 @@ def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     return fast
 
 
+def _clip_factory():
+    """NumPy's clip ufunc (``minimum(maximum(x, lo), hi)`` in one call, NaN kept), without ``np.clip``'s wrapper."""
+    umath = getattr(getattr(np, "_core", None), "umath", None) or getattr(getattr(np, "core", None), "umath", None)
+    clip = getattr(umath, "clip", None)
+    if clip is not None:
+        return clip
+    return lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi)
+
+
+_clip = _clip_factory()
 _HALF = np.float32(0.5)
 _plans: "weakref.WeakKeyDictionary[Grid, _Plan]" = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
