@@ -759,8 +759,7 @@ def fixed_range_activation(low: float, high: float, method: str, num_bits: int =
 #: calibrated range of its own (measured: 0% instead of up to 3 steps off).
 AVERAGING = frozenset({"AveragePooling1D", "AveragePooling2D", "AveragePooling3D"})
 #: Layers whose ReLU consumer the converter fuses into them (no int8 rounding between the two).
-RELU_FUSING = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "Add", "Subtract", "Multiply",
-                         "BatchNormalization"})
+RELU_FUSING = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "Add", "Subtract", "Multiply"})
 
 
 def _graph(model):

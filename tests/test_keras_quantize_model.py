@@ -165,9 +165,14 @@ def test_softmax_is_split_out_and_its_holder_has_tflites_fixed_grid():
     assert params.scale == np.float32(1 / 256) and params.zero_point == -128
 
 
-def test_no_holder_sits_between_a_batch_norm_and_the_relu_tflite_fuses_into_it():
-    names = [layer.name for layer in _quantized_residual().layers]
-    assert "bn_activation" not in names and "relu_activation" in names
+def test_no_holder_sits_between_a_conv_and_the_relu_tflite_fuses_into_it():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, name="c")(inp))
+    quantized = quantize_model(keras.Model(inp, x), weights_method="symmetric", activation_method="uniform",
+                               representative_data=DATA)
+    names = [layer.name for layer in quantized.layers]
+    assert "c_activation" not in names and "relu_activation" in names
 
 
 def test_average_pooling_holder_reuses_the_grid_of_its_input():
