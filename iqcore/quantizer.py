@@ -40,19 +40,9 @@ TARGETS = ("weights", "activation")
 
 
 @functools.cache
-_KERNELS = None
-
-
 def _kernels():
-    """iqcore.kernels, imported on first use: building quantizers and discovering plugins needs no TensorFlow.
-
-    Kept once imported: ``importlib.import_module`` costs about a microsecond per call, a measurable share of
-    an eager call on a small tensor (docs/performance.md).
-    """
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = importlib.import_module("iqcore.kernels")
-    return _KERNELS
+    """iqcore.kernels, imported on first use: building quantizers and discovering plugins needs no TensorFlow."""
+    return importlib.import_module("iqcore.kernels")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
