@@ -188,7 +188,8 @@ def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
 
 
 def _kernel(x32, nmin, nmax, nmin64, reciprocal, quant_zero, scale):
-    """The whole fake-quant kernel on laid-out parameters (the body of the compiled kernel)."""
+    """The whole float64-staged kernel on laid-out constant parameters (inlined under an enclosing XLA
+    compilation, op by op in graphs with ``IQCORE_XLA=0``)."""
     return _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero) * scale
 
 
@@ -278,8 +279,8 @@ def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     """A callable running the compiled float32 kernel eagerly on ``x`` with the least Python in between.
 
     The parameters are eager tensors passed at every call, so they are run-time arguments of the XLA
-    executable and :func:`_kernel_float32` is exact (it is about 30% faster than the float64-staged kernel that
-    graphs use, where Grappler may turn the parameters into constants). ``tf.function``'s own dispatch
+    executable and :func:`_kernel_float32` is exact (it is about 30% faster than the float64-staged kernel,
+    which stays for constant parameters). ``tf.function``'s own dispatch
     (binding, signature matching, tracing-cache lookup) costs several times a small kernel on a busy machine;
     the traced function is called by name instead, as its concrete function does internally. Private API:
     any failure falls back to the concrete function, which raises real errors.
