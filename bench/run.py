@@ -196,7 +196,8 @@ def fmt(r: dict | None, digits: int = 2) -> str:
 
 
 CONFIG_NAMES = {"pt_weights": "per-tensor weights", "pt_act": "activation (uniform)",
-                "pc_last": "per-channel, last axis", "pc_middle": "per-channel, axis 2", "pc_first": "per-channel, axis 0"}
+                "pc_last": "per-channel, last axis", "pc_middle": "per-channel, axis 2",
+                "pc_first": "per-channel, axis 0"}
 
 
 def table(rows: list[dict]) -> str:
@@ -208,7 +209,8 @@ def table(rows: list[dict]) -> str:
         mism = " · ".join(str(mm.get(k, "–")) for k in ("iqcore", "tf_op", "mct"))
         ratios = r["ratios"]
         lines.append(f"| {CONFIG_NAMES[r['config']]} | {r['size']} | {r['mode']} | {fmt(ratios['iqcore/copy'])} | "
-                     f"{fmt(ratios['iqcore/tf_op'])} | {fmt(ratios['mct/iqcore'])} | {fmt(ratios['mct/copy'])} | {mism} |")
+                     f"{fmt(ratios['iqcore/tf_op'])} | {fmt(ratios['mct/iqcore'])} | {fmt(ratios['mct/copy'])} "
+                     f"| {mism} |")
     return "\n".join(lines)
 
 
@@ -249,7 +251,8 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         iq = [c for c in mem["cases"] if c["candidate"] == "iqcore"]
         w = max(c["extra_over_tensor"] for c in iq)
         txt = ", ".join(f"{c['config'].replace('pc_', '')}/{c['mode']} {c['extra_over_tensor']:.2f}×" for c in iq)
-        out.append(("4. extra memory of one per-channel call: ≤ 1.1× the tensor", txt, "met" if w <= 1.1 else "NOT met"))
+        out.append(("4. extra memory of one per-channel call: ≤ 1.1× the tensor", txt,
+                    "met" if w <= 1.1 else "NOT met"))
     model = results.get("model")
     if model and "cases" in model:
         w = max(c["ratio"]["median"] for c in model["cases"])
@@ -277,7 +280,8 @@ def report(results: dict) -> str:
     if mem.get("cases"):
         parts += ["", f"### Extra memory of one call on a {mem['mbytes']:.0f} MiB tensor (peak of TensorFlow's CPU "
                   "allocator during the call over its use before it, output included, in units of the tensor)", "",
-                  "| case | mode | iqcore | raw TF op (channel-last copy of the tensor) | mct |", "|---|---|---|---|---|"]
+                  "| case | mode | iqcore | raw TF op (channel-last copy of the tensor) | mct |",
+                  "|---|---|---|---|---|"]
         by = {}
         for c in mem["cases"]:
             by.setdefault((c["config"], c["mode"]), {})[c["candidate"]] = c["extra_over_tensor"]
@@ -407,7 +411,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(results, indent=1, default=float))
     if args.docs:
         write_docs(results, Path(args.docs))
-    total = sum(sum(r["mismatches"].get("iqcore", 0) for r in results[k]) for k in ("cases", "overhead") if k in results)
+    total = sum(sum(r["mismatches"].get("iqcore", 0) for r in results[k])
+                for k in ("cases", "overhead") if k in results)
     print(f"\niqcore mismatches against iqcore.grid.fake_quant: {total}; wrote {out}", flush=True)
     return 1 if total else 0
 

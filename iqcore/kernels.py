@@ -46,11 +46,11 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from iqcore import grid as grid_lib
 from iqcore.grid import Grid
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -230,8 +230,8 @@ class _Plan:
     def __init__(self, grid: Grid):
         nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
         self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
-        self.axis = grid.axis
-        self.last = grid.axis is not None and grid.axis == grid.rank - 1
+        self.axis: int = -1 if grid.axis is None else grid.axis  # -1: per-tensor (never used for a channel)
+        self.last = grid.axis is not None and grid.rank is not None and grid.axis == grid.rank - 1
         # 1-d parameters for the compiled kernel, which lays them out itself.
         self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale))
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
@@ -241,7 +241,8 @@ class _Plan:
         # NumPy reference parameters laid out once (see iqcore.grid.steps and fake_quant).
         self.np_ref = (scale, nmin, nmax, np.reshape(grid.quant_zero, grid.broadcast_shape()))
         self.calls: dict[tuple, int] = {}
-        self.compiled: dict[int, object] = {}  # input rank -> a callable running the compiled kernel eagerly
+        # input rank -> a callable running the compiled kernel eagerly
+        self.compiled: dict[int, Callable[[tf.Tensor], tf.Tensor]] = {}
         self.lock = threading.Lock()
 
     def numpy_fake_quant(self, x: np.ndarray) -> np.ndarray:
