@@ -12,8 +12,8 @@ Model: a CNN of about 1.5 M parameters (Conv2D, DepthwiseConv2D, Dense) on a 64x
   library does), for comparison.
 
 Each round times every candidate (shuffled order); the figures are medians over rounds of per-round ratios to
-``float``, so a slow moment of the shared machine hits numerator and denominator alike. Not a test: timings on
-a shared 2-core machine are noisy.
+``float``, so a slow moment of the shared machine hits numerator and denominator alike, and the ratios of each
+candidate's best round (the least disturbed one). Not a test: timings on a shared 2-core machine are noisy.
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def main(argv=None):
         "ratio_to_float_median": {
             n: statistics.median(a / b for a, b in zip(t, times["float"])) for n, t in times.items() if n != "float"
         },
+        "ms_per_call_best_round": {n: min(t) * 1e3 for n, t in times.items()},
+        "ratio_of_best_rounds_to_float": {n: min(t) / min(times["float"]) for n, t in times.items() if n != "float"},
         "ratio_to_float_min_max": {
             n: [min(a / b for a, b in zip(t, times["float"])), max(a / b for a, b in zip(t, times["float"]))]
             for n, t in times.items() if n != "float"
