@@ -23,11 +23,11 @@ Speed (see docs/performance.md; every path performs the reference's float32 oper
   around the kernel alone): one fused pass over the tensor, no transposes, no buffer but the output.
   TensorFlow's own per-channel op is far slower than a memory copy on CPU, works on the last axis only and
   disagrees with the per-tensor op on rare near-ties, so it is never used. That compiled kernel
-  (:func:`_kernel_float32`) is the plain float32 formula with the float64 multiply: exact because its
-  parameters are always run-time values, eager tensors eagerly and ``PlaceholderWithDefault`` outputs in a
-  graph, so that no optimizer has a constant to fold, and no product feeds an addition (no FMA). It is about
-  30% faster than the float64-staged :func:`steps`, which stays for code paths where the parameters are
-  constants (inside an enclosing XLA compilation, and graphs with ``IQCORE_XLA=0``).
+  (:func:`_kernel_float32`) is the reference's float32 formula literally, division included: the division
+  and reassociation traps above need constant parameters, and its parameters are always run-time values
+  (eager tensors eagerly, ``PlaceholderWithDefault`` outputs in a graph), while no product feeds an
+  addition (no FMA). It is much faster than the float64-staged :func:`steps`, which stays for code paths
+  where the parameters are constants (inside an enclosing XLA compilation, graphs with ``IQCORE_XLA=0``).
 * Eagerly, per-channel tensors of at most ``SMALL_EAGER`` elements, and the first call with a new shape
   below ``COMPILE_AT_ONCE`` elements (a Keras layer quantizes its weights once: compiling for that would cost
   more than it saves), are computed in NumPy with :func:`iqcore.grid.fake_quant`'s float32 operations in
@@ -193,19 +193,20 @@ def _kernel(x32, nmin, nmax, nmin64, reciprocal, quant_zero, scale):
     return _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero) * scale
 
 
-def _kernel_float32(x32, nmin, nmax, reciprocal, quant_zero32, scale):
-    """TensorFlow's float32 operations in its order, for run-time parameters only (see ``_eager_caller``).
+def _kernel_float32(x32, nmin, nmax, quant_zero32, scale):
+    """TensorFlow's float32 operations in its order, division included, for run-time parameters only.
 
-    Without constants XLA has nothing to fold ((x - c1) - c2 and x / c are rewritten only for constants), and
-    no product feeds an addition (the float64 product is rounded to float32 by the cast first), so each
-    operation is one IEEE float32 operation: the reference's, at the cost of one float64 multiply.
+    This is :func:`iqcore.grid.fake_quant` literally. It is exact only where no optimizer sees the parameters
+    as constants: Grappler and XLA rewrite ``x / constant`` into a multiply by the reciprocal and fold
+    ``(x - c1) - c2``, but a division by a run-time value stays an IEEE float32 division (XLA's CPU backend
+    runs without fast-math by default), and no product here feeds an addition (no FMA). Callers pass eager
+    tensors (``_eager_caller``) or ``PlaceholderWithDefault`` outputs (graphs), never constants.
     """
     shifted = tf.minimum(tf.maximum(x32, nmin), nmax) - nmin
-    scaled = tf.cast(tf.cast(shifted, tf.float64) * reciprocal, tf.float32)
-    return tf.floor(scaled - quant_zero32 + 0.5) * scale
+    return tf.floor(shifted / scale - quant_zero32 + 0.5) * scale
 
 
-def _channel_kernel(x32, nmin, nmax, reciprocal, quant_zero32, scale, axis: int, last: bool):
+def _channel_kernel(x32, nmin, nmax, quant_zero32, scale, axis: int, last: bool):
     """:func:`_kernel_float32` with 1-d parameters on ``x32`` viewed as ``(outer, channels, inner)``, or
     ``(outer, channels)`` for the last axis: the same elementwise operations on the same elements, in the
     layout XLA's loops handle best (reshapes of a contiguous tensor are free)."""
@@ -215,7 +216,7 @@ def _channel_kernel(x32, nmin, nmax, reciprocal, quant_zero32, scale, axis: int,
         view, laid = tf.stack([outer, -1]), [1, -1]
     else:
         view, laid = tf.stack([outer, -1, tf.reduce_prod(shape[axis + 1:])]), [1, -1, 1]
-    params = [tf.reshape(p, laid) for p in (nmin, nmax, reciprocal, quant_zero32, scale)]
+    params = [tf.reshape(p, laid) for p in (nmin, nmax, quant_zero32, scale)]
     return tf.reshape(_kernel_float32(tf.reshape(x32, view), *params), shape)
 
 
@@ -233,7 +234,7 @@ class _Plan:
         self.axis: int = -1 if grid.axis is None else grid.axis  # -1: per-tensor (never used for a channel)
         self.last = grid.axis is not None and grid.rank is not None and grid.axis == grid.rank - 1
         # 1-d parameters for the compiled kernel, which lays them out itself.
-        self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, reciprocal, quant_zero.astype(np.float32), scale))
+        self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, quant_zero.astype(np.float32), scale))
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
             self.tensors = tuple(tf.constant(a) for a in self.arrays32)
             self.min = tf.constant(grid.min)
@@ -280,8 +281,8 @@ def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     """A callable running the compiled float32 kernel eagerly on ``x`` with the least Python in between.
 
     The parameters are eager tensors passed at every call, so they are run-time arguments of the XLA
-    executable and :func:`_kernel_float32` is exact (it is about 30% faster than the float64-staged kernel,
-    which stays for constant parameters). ``tf.function``'s own dispatch
+    executable and :func:`_kernel_float32` is exact (it runs at 1.2-1.5x a copy where the float64-staged
+    kernel, which stays for constant parameters, runs at about 2x). ``tf.function``'s own dispatch
     (binding, signature matching, tracing-cache lookup) costs several times a small kernel on a busy machine;
     the traced function is called by name instead, as its concrete function does internally. Private API:
     any failure falls back to the concrete function, which raises real errors.
@@ -371,8 +372,8 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
         )
     elif USE_XLA and not in_xla_context():
         # PlaceholderWithDefault keeps the parameters run-time values: Grappler's constant folding never folds
-        # a placeholder (grappler/op_types.cc IsPlaceholder), so neither it nor XLA sees constants to fold and
-        # the float32 kernel is exact (see _kernel_float32).
+        # a placeholder (grappler/op_types.cc IsPlaceholder), so neither it nor XLA sees constants to rewrite
+        # and the float32 kernel is exact (see _kernel_float32).
         plan = _plan(grid)
         params = [tf.raw_ops.PlaceholderWithDefault(input=a, shape=a.shape) for a in plan.arrays32]
         y = _compiled_kernel_float32(x32, *params, plan.axis, plan.last)

@@ -140,3 +140,21 @@ def test_compiled_eager_kernel_serves_every_shape_of_a_rank(monkeypatch):
         y = q(tf.constant(x))
         assert y.shape == x.shape
         assert mismatches(y, g.fake_quant(x, q.grid)) == 0
+
+
+@pytest.mark.parametrize("num_bits", [4, 8, 12])
+def test_compiled_kernel_on_every_tie_of_many_channels(num_bits, monkeypatch):
+    """Every tie of 64 non-power-of-two channels, with its ±1-ulp neighbours, eager (compiled) and graph."""
+    monkeypatch.setattr(kernels, "SMALL_EAGER", 0)
+    monkeypatch.setattr(kernels, "COMPILE_AT_ONCE", 1)
+    rng = np.random.default_rng(num_bits)
+    q = iqcore.get_quantizer("uniform", "weights", num_bits=num_bits, min_range=(-rng.uniform(0.01, 8, 64)).tolist(),
+                             max_range=rng.uniform(0.01, 8, 64).tolist(), per_channel=True, channel_axis=1,
+                             input_rank=2)
+    gr = q.grid
+    k = np.arange(min(2**num_bits - 1, 1024), dtype=np.float32)[:, None]
+    ties = (gr.nudged_min[None, :] + (k + np.float32(0.5)) * gr.scale[None, :]).astype(np.float32)
+    x = np.concatenate([ties, np.nextafter(ties, np.float32(-np.inf)), np.nextafter(ties, np.float32(np.inf))])
+    want = g.fake_quant(x, gr)
+    assert mismatches(q(tf.constant(x)), want) == 0
+    assert mismatches(tf.function(q)(tf.constant(x)), want) == 0
