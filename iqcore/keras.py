@@ -497,7 +497,7 @@ TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
 UNSUPPORTED_TFLITE = frozenset({"Conv2DTranspose", "Conv3D", "Conv3DTranspose", "Conv1DTranspose"})
 
 
-def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: bool = True) -> bytes:
+def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
     """Convert a quantized Keras model to a fully int8 TFLite flatbuffer that keeps the quantizers' grids.
 
     Weights of every :class:`QuantizationWrapper` become int8 with exactly their quantizer's scales (zero point
@@ -507,7 +507,6 @@ def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: b
     Args:
         model: A Keras model holding wrappers and holders (put a holder right after the input for int8 input).
         int8_io: Make the model's input and output int8 (else float32 with QUANTIZE/DEQUANTIZE ops).
-        representative_data: Optional batches for ranges no holder sets (float layers left in the model).
         check: Re-open the flatbuffer and check every wrapped weight's scales and zero points against the
             quantizer's ``quantization_params()`` (RuntimeError on a difference).
 
@@ -540,9 +539,6 @@ def to_tflite(model, *, int8_io: bool = True, representative_data=None, check: b
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        if representative_data is not None:
-            batches = list(_batches(representative_data))
-            converter.representative_dataset = lambda: ([np.asarray(t, np.float32) for t in b] for b in batches)
         flatbuffer = converter.convert()
     finally:
         for w in wrappers:

@@ -211,3 +211,16 @@ def test_residual_model_with_batch_norm_converts_to_int8_ops_only(residual):
     _, flatbuffer = residual
     ops = [op["op_name"] for op in tf.lite.Interpreter(model_content=flatbuffer)._get_ops_details()]
     assert "DEQUANTIZE" not in ops, ops
+
+
+def test_float_io_model_takes_float_input_and_agrees_within_one_step():
+    model = wrapped_dense_model()
+    interpreter = tf.lite.Interpreter(model_content=to_tflite(model, int8_io=False))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 12)).astype(np.float32)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    step = model.layers[-1].quantizer.grid.scale
+    assert inp["dtype"] == np.float32 and out["dtype"] == np.float32
+    assert np.abs(interpreter.get_tensor(out["index"]) - model(x).numpy()).max() <= step * (1 + 1e-3)
