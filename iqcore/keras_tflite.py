@@ -1,0 +1,182 @@
+"""int8 TFLite conversion of quantized Keras models, and the checks that the file keeps the quantizers' grids.
+Public names are re-exported by :mod:`iqcore.keras`."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore.keras_layers import QuantizationWrapper
+from iqcore.quantizer import InferableQuantizer
+
+
+def export_problem(var, q: InferableQuantizer) -> str | None:
+    """Why a quantized weight cannot be stored as TFLite int8 (zero point 0, codes in [-127, 127]), or None."""
+    g = q.grid
+    if g.num_bits > 8:
+        return f"num_bits is {g.num_bits}; allowed for TFLite int8 weights: 2..8"
+    if np.any(g.zero_point != 0):
+        return (f"zero points are {np.unique(g.zero_point).tolist()}; TFLite int8 weights need zero point 0 "
+                "(use a symmetric or power-of-two weights quantizer)")
+    codes = q.to_int(tf.convert_to_tensor(var)).numpy()
+    if codes.min(initial=0) < -127:
+        return ("a weight sits on code -128 (the value -threshold), outside TFLite's [-127, 127]; allowed: a "
+                "quantizer with narrow_range=True (quantize_model's default)")
+    return None
+
+
+def flatten_layers(model) -> list:
+    """Every layer inside ``model`` (nested models and wrappers included), depth first."""
+    out = []
+    stack = list(getattr(model, "layers", []))[::-1]
+    while stack:
+        layer = stack.pop()
+        out.append(layer)
+        inner = list(getattr(layer, "layers", []))
+        if isinstance(layer, QuantizationWrapper):
+            inner = [layer.layer]
+        stack.extend(inner[::-1])
+    return out
+
+
+#: Wrapped layers :func:`to_tflite` exports (tested), and those it refuses.
+TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
+
+
+UNSUPPORTED_TFLITE = frozenset({"Conv2DTranspose", "Conv3D", "Conv3DTranspose", "Conv1DTranspose"})
+
+
+def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
+    """Convert a quantized Keras model to a fully int8 TFLite flatbuffer that keeps the quantizers' grids.
+
+    Weights of every :class:`QuantizationWrapper` become int8 with exactly their quantizer's scales (zero point
+    0, per channel where the quantizer is), activations take their :class:`ActivationQuantizationHolder`'s
+    range. A Dense with per-channel weights becomes a 1x1 CONV_2D between two RESHAPEs.
+
+    Args:
+        model: A Keras model holding wrappers and holders (put a holder right after the input for int8 input).
+        int8_io: Make the model's input and output int8 (else float32 with QUANTIZE/DEQUANTIZE ops).
+        check: Re-open the flatbuffer and check every wrapped weight's scales and zero points against the
+            quantizer's ``quantization_params()`` (RuntimeError on a difference).
+
+    Returns:
+        The TFLite model as bytes.
+
+    Raises:
+        ValueError: If a weight cannot be int8 with zero point 0 (uniform weights with a zero point, more than
+            8 bits, a code at -128); the message names the layer and the fix.
+        RuntimeError: If ``check`` finds a scale that differs from the quantizer's.
+    """
+    wrappers = [layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)]
+    for w in wrappers:
+        if not w.built:
+            raise ValueError(f"{w.name} is not built; allowed: a built model (call it once or give it an Input)")
+        if type(w.layer).__name__ in UNSUPPORTED_TFLITE:
+            raise ValueError(
+                f"{w.name}: TFLite export of a wrapped {type(w.layer).__name__} is not supported yet; allowed: "
+                f"{', '.join(TFLITE_LAYERS)} (and other layers whose weights need no per-channel FakeQuant rewrite)"
+            )
+        for name, q in w._quantizers.items():
+            problem = export_problem(w._variables_by_name[name], q)
+            if problem:
+                raise ValueError(f"{w.name}: weights_quantizers[{name!r}] cannot be exported to TFLite: {problem}")
+    for w in wrappers:
+        w._export = True
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        flatbuffer = converter.convert()
+    finally:
+        for w in wrappers:
+            w._export = False
+    flatbuffer = restore_scales(flatbuffer, model)
+    if check:
+        check_tflite(flatbuffer, model)
+    return flatbuffer
+
+
+def _wanted_scales(wrapper, name) -> np.ndarray:
+    return np.repeat(wrapper._quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
+
+
+def restore_scales(flatbuffer: bytes, model) -> bytes:
+    """Write the quantizers' exact scales over weight scales the converter derived one float32 ulp off.
+
+    The converter derives each weight scale from the FakeQuant range in float32; for about one channel in a
+    hundred no float32 range gives back a non-power-of-two scale exactly (:func:`symmetric_bound`). The int8
+    weights are the same either way (each is ``code * scale`` to within far less than half a step); only the
+    stored scale vector is replaced, where its bytes occur exactly once in the file. Anything else is left for
+    :func:`check_tflite` to report.
+    """
+    buffer = bytearray(flatbuffer)
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name in w._quantizers:
+            d = tensors.get((w.name, name))
+            if d is None:
+                continue
+            got = d["quantization_parameters"]["scales"].astype("<f4")
+            want = _wanted_scales(w, name).astype("<f4")
+            if got.shape != want.shape or np.array_equal(got, want):
+                continue
+            if np.any(np.abs(got.astype(np.float64) / want - 1) > 2.0**-22):
+                continue  # not an ulp: a real difference, reported by check_tflite
+            old = got.tobytes()
+            if buffer.count(old) == 1:
+                start = buffer.find(old)
+                buffer[start:start + len(old)] = want.tobytes()
+    return bytes(buffer)
+
+
+def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
+    """``{(wrapper name, weight name): tensor details}`` of the wrapped weights in a :func:`to_tflite` file."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    details = interpreter.get_tensor_details()
+    found = {}
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name in w._quantizers:
+            tag = f"iqcore_{w.name}_{name}"
+            hits = [d for d in details if tag in d["name"] and d["dtype"] == np.int8]
+            if len(hits) == 1:
+                d = dict(hits[0])
+                try:
+                    d["value"] = interpreter.get_tensor(d["index"])
+                except ValueError:
+                    d["value"] = None
+                found[(w.name, name)] = d
+    return found
+
+
+def check_tflite(flatbuffer: bytes, model) -> None:
+    """Check that each wrapped weight in ``flatbuffer`` has its quantizer's scales and zero point 0.
+
+    Raises:
+        RuntimeError: For a missing weight tensor or a scale/zero point that differs.
+    """
+    tensors = tflite_weight_tensors(flatbuffer, model)
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        for name, q in w._quantizers.items():
+            d = tensors.get((w.name, name))
+            if d is None:
+                raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
+            params = d["quantization_parameters"]
+            want = _wanted_scales(w, name)
+            got = params["scales"].astype(np.float32)
+            if got.shape != want.shape or not np.array_equal(got, want) or np.any(params["zero_points"] != 0):
+                raise RuntimeError(
+                    f"{w.name}/{name}: TFLite scales {got[:4]}... (zero points {params['zero_points'][:4]}) differ "
+                    f"from the quantizer's {want[:4]}..."
+                )
+
+
+def _export_repeat(wrapper, name) -> int:
+    """How many TFLite channels each quantizer channel becomes (a DepthwiseConv2D's depth multiplier)."""
+    q = wrapper._quantizers[name]
+    var = wrapper._variables_by_name[name]
+    g = q.grid
+    if g.axis is not None and g.rank == 4 and g.axis == 2:
+        return int(var.shape[-1])
+    return 1
