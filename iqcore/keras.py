@@ -90,4 +90,14 @@ def load_model(path, *args, **kwargs):
             to install) or a stored quantizer config is invalid (naming the parameter).
     """
     registry.entries()
-    return keras.models.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path, *args, **kwargs)
+    try:
+        return keras.models.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path, *args, **kwargs)
+    except TypeError as e:
+        # Keras 3 re-raises a TypeError from a layer's from_config as a generic "could not be deserialized"
+        # TypeError carrying the whole model config; the error that names the parameter is its context.
+        root = e
+        while "could not be deserialized" in str(root) and isinstance(root.__context__, (TypeError, ValueError)):
+            root = root.__context__
+        if root is e:
+            raise
+        raise root from None
