@@ -161,14 +161,33 @@ def _params(grid: Grid):
     )
 
 
+def _clamp(x32, low, high):
+    """Clamp to ``[low, high]`` with NaN kept NaN, as TensorFlow's kernel does: XLA's CPU max/min before
+    TF 2.21 return the non-NaN operand (NaN became ``nmin`` on TF 2.15 and 2.16 under ``jit_compile``)."""
+    return tf.where(tf.math.is_nan(x32), x32, tf.minimum(tf.maximum(x32, low), high))
+
+
+_F64_LOW_BITS = 52 - 23  # float64 mantissa bits below float32's
+
+
 def _rounded(x64: tf.Tensor) -> tf.Tensor:
-    """Round a float64 result to float32 and widen it back: one float32 rounding no optimizer can drop."""
-    return tf.cast(tf.cast(x64, tf.float32), tf.float64)
+    """Round float64 values to float32 precision (half to even), staying in float64.
+
+    Done on the bit pattern with integer operations, which no optimizer folds: XLA in TF 2.16 drops a
+    float64 -> float32 -> float64 round trip of casts as if it were exact. Correct for values whose float32
+    result is normal, and for the small values met here (subnormal float32 values are exact differences of
+    two float32 values, or vanish in the next subtraction). NaN stays NaN: values come from float32, so the
+    low bits of a NaN's payload are zero and the rounding cannot carry into its exponent.
+    """
+    bits = tf.bitcast(x64, tf.int64)
+    odd = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, _F64_LOW_BITS), 1)
+    bits = tf.bitwise.bitwise_and(bits + (2 ** (_F64_LOW_BITS - 1) - 1) + odd, -(2**_F64_LOW_BITS))
+    return tf.bitcast(bits, tf.float64)
 
 
 def _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero):
     """The steps of :func:`steps` from its parameters (NumPy arrays or tensors, already laid out)."""
-    clamped = tf.cast(tf.minimum(tf.maximum(x32, nmin), nmax), tf.float64)
+    clamped = tf.cast(_clamp(x32, nmin, nmax), tf.float64)
     shifted = _rounded(clamped - nmin64)
     scaled = _rounded(shifted * reciprocal)
     centred = _rounded(scaled - quant_zero)
@@ -202,7 +221,7 @@ def _kernel_float32(x32, nmin, nmax, quant_zero32, scale):
     runs without fast-math by default), and no product here feeds an addition (no FMA). Callers pass eager
     tensors (``_eager_caller``) or ``PlaceholderWithDefault`` outputs (graphs), never constants.
     """
-    shifted = tf.minimum(tf.maximum(x32, nmin), nmax) - nmin
+    shifted = _clamp(x32, nmin, nmax) - nmin
     return tf.floor(shifted / scale - quant_zero32 + 0.5) * scale
 
 
