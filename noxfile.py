@@ -54,8 +54,8 @@ def typecheck(session):
     """mypy on iqcore and the plugins (TensorFlow is untyped: its imports are ignored)."""
     session.install("mypy", "numpy", "pluggy", "-e", ".", *PLUGINS)
     session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent", "iqcore",
-                "plugins/iq-pot/iq_pot.py", "plugins/iq-symmetric/iq_symmetric.py",
-                "plugins/iq-uniform/iq_uniform.py", "examples/iq-lut/iq_lut")
+                "plugins/iq-pot/iq_pot", "plugins/iq-symmetric/iq_symmetric",
+                "plugins/iq-uniform/iq_uniform", "examples/iq-lut/iq_lut")
 
 
 @nox.session(python="3.11")

@@ -79,7 +79,7 @@ class Grid:
 
     def broadcast_shape(self) -> tuple[int, ...]:
         """Shape that lays the per-channel arrays along ``axis`` of a ``rank``-d tensor (``()`` per-tensor)."""
-        if self.axis is None:
+        if self.axis is None or self.rank is None:
             return ()
         shape = [1] * self.rank
         shape[self.axis] = -1
@@ -134,10 +134,11 @@ def make_grid(
     if np.any(bad):
         i = int(np.flatnonzero(np.atleast_1d(bad))[0])
         named = ", ".join(f"{k}[{i}]={vals[i]!r}" for k, vals in (source or {}).items())
+        low, high, step = (float(np.atleast_1d(a)[i]) for a in (lo, hi, scale))
         raise ValueError(
-            (f"{named}: " if named else "") + f"range [{np.atleast_1d(lo)[i]!r}, {np.atleast_1d(hi)[i]!r}] at {num_bits} bits gives a float32 step "
-            f"of {np.atleast_1d(scale)[i]!r}; allowed: a finite step of at least {F32_TINY!r} (float32's smallest "
-            "normal number) and a range that fits in float32"
+            (f"{named}: " if named else "")
+            + f"range [{low!r}, {high!r}] at {num_bits} bits gives a float32 step of {step!r}; allowed: a finite "
+            f"step of at least {F32_TINY!r} (float32's smallest normal number) and a range that fits in float32"
         )
     return Grid(
         num_bits=num_bits,
@@ -233,7 +234,7 @@ def probe_tensor(grid: Grid, per_channel_count: int = 512, seed: int = 0) -> np.
     where channels take successive probes in turn so that all are covered across channels).
     """
     probes = probe_values(grid, seed=seed)
-    if grid.axis is None:
+    if grid.axis is None or grid.rank is None:
         return probes[0]
     count = 1 if grid.rank == 1 else per_channel_count
     rows = []

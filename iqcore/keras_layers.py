@@ -130,7 +130,7 @@ def _attribute_of(layer, variable) -> str | None:
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
-class QuantizationWrapper(keras.layers.Layer):
+class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
     """Runs ``layer`` with its named weights on the quantizers' grids.
 
     The weights are quantized once, in place, when the wrapper is built (``layer``'s variables then hold grid
@@ -281,7 +281,7 @@ class QuantizationWrapper(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
-class ActivationQuantizationHolder(keras.layers.Layer):
+class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-defined]
     """Fake-quantizes its input with an activation quantizer (per tensor).
 
     float16/bfloat16 inputs (mixed precision) are quantized in float32 and cast back.

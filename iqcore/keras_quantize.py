@@ -55,7 +55,7 @@ def _batches(data):
             yield [np.asarray(batch)]
 
 
-def power_of_two_ceil(values: np.ndarray) -> np.ndarray:
+def power_of_two_ceil(values) -> np.ndarray:
     """Smallest power of two >= each (positive) value."""
     values = np.asarray(values, dtype=np.float64)
     return np.exp2(np.ceil(np.log2(values)))

@@ -80,6 +80,8 @@ class InferableQuantizer(abc.ABC):
 
     method: ClassVar[str] = ""
     target: ClassVar[str] = ""
+    num_bits: int
+    narrow_range: bool
     grid: grid_lib.Grid
 
     @abc.abstractmethod

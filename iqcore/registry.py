@@ -18,7 +18,7 @@ class QuantizerInfo:
 
     method: str
     target: str
-    cls: type
+    cls: type[InferableQuantizer]
     plugin: str
     distribution: str
     version: str
@@ -95,7 +95,7 @@ def _available() -> str:
     return ", ".join(rows) if rows else "none (install a plugin such as iq-symmetric)"
 
 
-def get_class(method: str, target: str = "weights") -> type:
+def get_class(method: str, target: str = "weights") -> type[InferableQuantizer]:
     """The class registered for (method, target).
 
     Raises:

@@ -168,8 +168,8 @@ def test_importing_iqcore_loads_no_plugin_until_first_use(site):
 
 
 def test_discovery_runs_once_per_process(site):
-    install(site, "iq-half", "iq_half", WORKING + "\nimport builtins\nbuiltins.LOADS = getattr(builtins, 'LOADS', 0) + 1\n",
-            "half")
+    counting = WORKING + "\nimport builtins\nbuiltins.LOADS = getattr(builtins, 'LOADS', 0) + 1\n"
+    install(site, "iq-half", "iq_half", counting, "half")
     script = ("import builtins, json, iqcore; [iqcore.list_quantizers() for _ in range(3)]; "
               "iqcore.get_quantizer('half', num_bits=8, threshold=1.0); print(json.dumps(builtins.LOADS))")
     assert run(site, script) == 1
