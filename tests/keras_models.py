@@ -1,9 +1,11 @@
 """Small float and quantized Keras models shared by the tests/test_keras_*.py files."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -69,3 +71,19 @@ def run_python(code: str, env=None, timeout=240) -> subprocess.CompletedProcess:
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO)
+
+
+def tampered(src, dst, edit):
+    """Copy the .keras file ``src`` to ``dst`` with ``edit(config)`` applied to its config.json.
+
+    json writes NaN/Infinity, which Keras reads back, so non-finite values can be planted too.
+    """
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    return dst

@@ -1,14 +1,12 @@
 """Saving and loading quantized Keras models: .keras in a fresh process, SavedModel, .h5, missing plugins,
 and configs edited by hand."""
 
-import json
 import os
-import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_models import batches, quantized_cnn, run_python
+from keras_models import batches, quantized_cnn, run_python, tampered
 
 import iqcore
 from iqcore.keras import KERAS_3
@@ -92,19 +90,6 @@ def test_missing_plugin_error_names_the_method_and_the_distribution(saved):
     assert "method 'symmetric'" in proc.stdout and "pip install iq-symmetric" in proc.stdout
 
 
-def _tampered(src, dst, edit):
-    """Copy the .keras file ``src`` to ``dst`` with ``edit(config)`` applied to its config.json."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            zout.writestr(item, data)
-    return dst
-
-
 def _layer(config, name):
     return next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == name)["config"]
 
@@ -136,7 +121,7 @@ TAMPERINGS = {
 def test_tampered_config_is_refused_at_load_naming_the_parameter(saved, tmp_path, tampering):
     d, _, _, _ = saved
     edit, error, pattern = TAMPERINGS[tampering]
-    path = _tampered(d / "m.keras", tmp_path / "t.keras", edit)
+    path = tampered(d / "m.keras", tmp_path / "t.keras", edit)
     with pytest.raises(error, match=pattern):
         iqcore.load_model(path)
 
