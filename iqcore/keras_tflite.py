@@ -3,6 +3,8 @@ Public names are re-exported by :mod:`iqcore.keras`."""
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import tensorflow as tf
 
@@ -83,7 +85,7 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
     for w in wrappers:
         w._export = True
     try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter = _converter(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8_io:
             converter.inference_input_type = tf.int8
@@ -96,6 +98,20 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
     if check:
         check_tflite(flatbuffer, model)
     return flatbuffer
+
+
+def _converter(model) -> tf.lite.TFLiteConverter:
+    """The TFLite converter for ``model``.
+
+    TF 2.16's ``from_keras_model`` aborts the whole process on Keras 3 models ("missing attribute 'value'"
+    on a ReadVariableOp, then "LLVM ERROR: Failed to infer result type(s)"); exporting a SavedModel first
+    and converting that works there.
+    """
+    if tf.__version__.startswith("2.16.") and hasattr(model, "export"):
+        folder = tempfile.mkdtemp(prefix="iqcore-tflite-")
+        model.export(folder)
+        return tf.lite.TFLiteConverter.from_saved_model(folder)
+    return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
 def _wanted_scales(wrapper, name) -> np.ndarray:
