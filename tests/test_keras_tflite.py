@@ -206,7 +206,7 @@ TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
 
 
 @pytest.mark.xfail(TF_VERSION < (2, 17), strict=True,
-                   reason="the converters of TF 2.15 and 2.16 keep a BatchNormalization after a quantized conv in float")
+                   reason="TF 2.15 and 2.16 converters keep a BatchNormalization after a quantized conv in float")
 def test_residual_model_with_batch_norm_converts_to_int8_ops_only(residual):
     _, flatbuffer = residual
     ops = [op["op_name"] for op in tf.lite.Interpreter(model_content=flatbuffer)._get_ops_details()]
