@@ -126,10 +126,6 @@ def test_demo_writes_the_table_models_tflite_and_plot(tmp_path):
     assert {(r["method"], r["bits"]) for r in results["quantized"]} == {
         (m, b) for m in ("pot", "symmetric", "uniform") for b in (8, 4)}
     assert all(entry["reloaded_outputs_identical"] for entry in results["saved"].values())
-    symmetric = results["tflite"]["symmetric"]
-    if results["tensorflow"].startswith("2.16."):  # its converter aborts on these models: reported, not fatal
-        assert "TFLite converter crashed" in symmetric["refused"]
-    else:
-        assert 0.0 <= symmetric["accuracy"] <= 1.0
+    assert 0.0 <= results["tflite"]["symmetric"]["accuracy"] <= 1.0
     assert (out / "accuracy_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "SQNR (dB)" in result.stdout
