@@ -156,28 +156,42 @@ def make_grid(
     )
 
 
-def _laid_out(grid: Grid, x: np.ndarray):
+def laid_out(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(scale, nudged_min, nudged_max, quant_zero)`` shaped to broadcast along the grid's axis."""
     shape = grid.broadcast_shape()
+    return (np.reshape(grid.scale, shape), np.reshape(grid.nudged_min, shape), np.reshape(grid.nudged_max, shape),
+            np.reshape(grid.quant_zero, shape))
+
+
+def steps_laid_out(x: np.ndarray, scale, nudged_min, nudged_max, quant_zero) -> np.ndarray:
+    """:func:`steps` on float32 ``x`` with parameters from :func:`laid_out`: TensorFlow's float32 operations
+    in its order, in place on one new array (NaN stays NaN, no warning)."""
+    y = np.asarray(np.maximum(x, nudged_min))  # a new array (0-d for a scalar), then updated in place
+    np.minimum(y, nudged_max, out=y)
+    np.subtract(y, nudged_min, out=y)
+    np.divide(y, scale, out=y)
+    np.subtract(y, quant_zero, out=y)
+    np.add(y, F32(0.5), out=y)
+    return np.floor(y, out=y)
+
+
+def _checked(x, grid: Grid) -> np.ndarray:
+    x = np.asarray(x, dtype=F32)
     if grid.axis is not None and x.ndim != grid.rank:
         raise ValueError(f"input of rank {x.ndim} does not match the grid's rank {grid.rank}")
-    return [np.reshape(a, shape) for a in (grid.scale, grid.nudged_min, grid.nudged_max, grid.quant_zero)]
+    return x
 
 
 def steps(x, grid: Grid) -> np.ndarray:
     """Signed integer steps ``out / scale`` of :func:`fake_quant`, as float32 (NaN stays NaN)."""
-    x = np.asarray(x, dtype=F32)
-    scale, nmin, nmax, qz = _laid_out(grid, x)
-    with np.errstate(invalid="ignore"):
-        clamped = np.minimum(np.maximum(x, nmin), nmax)
-        return np.floor((clamped - nmin) / scale - qz + F32(0.5)).astype(F32)
+    return steps_laid_out(_checked(x, grid), *laid_out(grid))
 
 
 def fake_quant(x, grid: Grid) -> np.ndarray:
     """NumPy reference of TensorFlow's fake-quant kernel on ``grid`` (float32 in, float32 out)."""
-    x = np.asarray(x, dtype=F32)
-    scale = _laid_out(grid, x)[0]
-    with np.errstate(invalid="ignore"):
-        return (steps(x, grid) * scale).astype(F32)
+    params = laid_out(grid)
+    y = steps_laid_out(_checked(x, grid), *params)
+    return np.multiply(y, params[0], out=y)
 
 
 def codes(x, grid: Grid) -> np.ndarray:
@@ -189,12 +203,21 @@ def codes(x, grid: Grid) -> np.ndarray:
     return (s.astype(np.int32) + zp).astype(np.int32)
 
 
-def dequantize(codes_, grid: Grid) -> np.ndarray:
-    """``float32((codes - zero_point) * scale)``: what an integer back end computes."""
-    shape = grid.broadcast_shape()
-    zp = np.reshape(grid.zero_point, shape)
-    scale = np.reshape(grid.scale, shape)
-    return ((np.asarray(codes_, dtype=np.int64) - zp).astype(F32) * scale).astype(F32)
+def dequantize(codes_, params) -> np.ndarray:
+    """``float32((codes - zero_point) * scale)``: what an integer back end computes.
+
+    ``params`` is a :class:`Grid` or a quantizer's ``quantization_params()``: anything with ``scale``,
+    ``zero_point`` and ``axis`` (None per-tensor); per-channel arrays are laid along ``axis`` of ``codes``.
+    """
+    codes_ = np.asarray(codes_, dtype=np.int64)
+    shape: tuple[int, ...] = ()
+    if params.axis is not None:
+        layout = [1] * codes_.ndim
+        layout[int(params.axis)] = -1
+        shape = tuple(layout)
+    zp = np.reshape(np.asarray(params.zero_point, np.int64), shape)
+    scale = np.reshape(np.asarray(params.scale, F32), shape)
+    return ((codes_ - zp).astype(F32) * scale).astype(F32)
 
 
 def probe_values(grid: Grid, max_ties: int = 512, seed: int = 0) -> list[np.ndarray]:

@@ -51,6 +51,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from iqcore import grid as grid_lib
 from iqcore.grid import Grid
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -150,17 +151,6 @@ def check_layout(x: tf.Tensor, grid: Grid) -> tf.Tensor:
         return tf.identity(x)
 
 
-def _params(grid: Grid):
-    shape = grid.broadcast_shape()
-    return (
-        np.reshape(grid.nudged_min, shape),
-        np.reshape(grid.nudged_max, shape),
-        np.reshape(grid.reciprocal, shape),
-        np.reshape(grid.quant_zero.astype(np.float64), shape),
-        np.reshape(grid.scale, shape),
-    )
-
-
 def _clamp(x32, low, high):
     """Clamp to ``[low, high]`` with NaN kept NaN, as TensorFlow's kernel does: XLA's CPU max/min before
     TF 2.21 return the non-NaN operand (NaN became ``nmin`` on TF 2.15 and 2.16 under ``jit_compile``)."""
@@ -185,31 +175,32 @@ def _rounded(x64: tf.Tensor) -> tf.Tensor:
     return tf.bitcast(bits, tf.float64)
 
 
-def _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero):
-    """The steps of :func:`steps` from its parameters (NumPy arrays or tensors, already laid out)."""
+def _staged_steps(x32, nmin, nmax, reciprocal, quant_zero):
+    """Signed integer steps of float32 ``x32`` on laid-out NumPy parameters, safe with constant parameters.
+
+    Each float32 operation of TensorFlow's kernel is done in float64, where it is exact (the division is a
+    multiply by the float64 reciprocal, within 2**-52 of the quotient, see the module docstring), then rounded
+    to float32 precision by :func:`_rounded`: double rounding is innocuous at 53 vs 24 bits, and no optimizer
+    can fold constants across the integer rounding (XLA folds ``(x - c1) - c2`` into ``x - (c1 + c2)``
+    otherwise, dropping the rounding of ``x - nmin``).
+    """
     clamped = tf.cast(_clamp(x32, nmin, nmax), tf.float64)
-    shifted = _rounded(clamped - nmin64)
+    shifted = _rounded(clamped - nmin.astype(np.float64))
     scaled = _rounded(shifted * reciprocal)
-    centred = _rounded(scaled - quant_zero)
+    centred = _rounded(scaled - quant_zero.astype(np.float64))
     return tf.floor(tf.cast(centred + 0.5, tf.float32))
 
 
 def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
-    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`).
-
-    Each float32 operation of TensorFlow's kernel is done in float64, where it is exact (or, for the
-    division, within 2**-52), then rounded to float32 by a cast: double rounding is innocuous for these
-    operations at 53 vs 24 bits, and neither Grappler nor XLA can reassociate across the casts (XLA folds
-    ``(x - c1) - c2`` into ``x - (c1 + c2)`` otherwise, dropping the rounding of ``x - nmin``).
-    """
-    nmin, nmax, reciprocal, quant_zero, _ = _params(grid)
-    return _staged_steps(x32, nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero)
+    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`)."""
+    return _staged_steps(x32, *_plan(grid).staged)
 
 
-def _kernel(x32, nmin, nmax, nmin64, reciprocal, quant_zero, scale):
-    """The whole float64-staged kernel on laid-out constant parameters (inlined under an enclosing XLA
-    compilation, op by op in graphs with ``IQCORE_XLA=0``)."""
-    return _staged_steps(x32, nmin, nmax, nmin64, reciprocal, quant_zero) * scale
+def _kernel(x32, grid: Grid) -> tf.Tensor:
+    """The whole float64-staged kernel (inlined under an enclosing XLA compilation, op by op in graphs with
+    ``IQCORE_XLA=0``)."""
+    plan = _plan(grid)
+    return _staged_steps(x32, *plan.staged) * plan.np_ref[0]
 
 
 def _kernel_float32(x32, nmin, nmax, quant_zero32, scale):
@@ -248,35 +239,27 @@ class _Plan:
     """What one grid needs at call time, computed once: laid-out NumPy parameters and eager tensors."""
 
     def __init__(self, grid: Grid):
-        nmin, nmax, reciprocal, quant_zero, scale = _params(grid)
-        self.arrays = (nmin, nmax, nmin.astype(np.float64), reciprocal, quant_zero, scale)
+        # NumPy reference parameters laid out along the grid's axis (see iqcore.grid.laid_out).
+        self.np_ref = grid_lib.laid_out(grid)
+        scale, nmin, nmax, quant_zero = self.np_ref
+        self.staged = (nmin, nmax, np.reshape(grid.reciprocal, grid.broadcast_shape()), quant_zero)
         self.axis: int = -1 if grid.axis is None else grid.axis  # -1: per-tensor (never used for a channel)
         self.last = grid.axis is not None and grid.rank is not None and grid.axis == grid.rank - 1
         # 1-d parameters for the compiled kernel, which lays them out itself.
-        self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, quant_zero.astype(np.float32), scale))
+        self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, quant_zero, scale))
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
             self.tensors = tuple(tf.constant(a) for a in self.arrays32)
             self.min = tf.constant(grid.min)
             self.max = tf.constant(grid.max)
-        # NumPy reference parameters laid out once (see iqcore.grid.steps and fake_quant).
-        self.np_ref = (scale, nmin, nmax, np.reshape(grid.quant_zero, grid.broadcast_shape()))
         self.calls: dict[tuple, int] = {}
         # input rank -> a callable running the compiled kernel eagerly
         self.compiled: dict[int, Callable[[tf.Tensor], tf.Tensor]] = {}
         self.lock = threading.Lock()
 
     def numpy_fake_quant(self, x: np.ndarray) -> np.ndarray:
-        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance: the same float32 operations
-        in the same order, in place on one new array (NaN inputs stay quiet NaNs and raise no warning)."""
-        scale, nmin, nmax, qz = self.np_ref
-        y = _clip(x, nmin, nmax)
-        np.subtract(y, nmin, out=y)
-        np.divide(y, scale, out=y)
-        np.subtract(y, qz, out=y)
-        np.add(y, _HALF, out=y)
-        np.floor(y, out=y)
-        np.multiply(y, scale, out=y)
-        return y
+        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance (the reference itself)."""
+        y = grid_lib.steps_laid_out(x, *self.np_ref)
+        return np.multiply(y, self.np_ref[0], out=y)
 
     def run_compiled(self, x: tf.Tensor) -> tf.Tensor:
         """Run the compiled kernel eagerly on ``x`` (rank-generic: XLA compiles once per concrete shape)."""
@@ -330,17 +313,6 @@ def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     return fast
 
 
-def _clip_factory():
-    """NumPy's clip ufunc (``minimum(maximum(x, lo), hi)`` in one call, NaN kept), without ``np.clip``'s wrapper."""
-    umath = getattr(getattr(np, "_core", None), "umath", None) or getattr(getattr(np, "core", None), "umath", None)
-    clip = getattr(umath, "clip", None)
-    if clip is not None:
-        return clip
-    return lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi)
-
-
-_clip = _clip_factory()
-_HALF = np.float32(0.5)
 _plans: "weakref.WeakKeyDictionary[Grid, _Plan]" = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
 
@@ -397,7 +369,7 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
         params = [tf.raw_ops.PlaceholderWithDefault(input=a, shape=a.shape) for a in plan.arrays32]
         y = _compiled_kernel_float32(x32, *params, plan.axis, plan.last)
     else:
-        y = _kernel(x32, *_plan(grid).arrays)
+        y = _kernel(x32, grid)
     return tf.cast(y, x.dtype) if x.dtype != tf.float32 else y
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 
 from iqcore import registry
+from iqcore.grid import dequantize
 from iqcore.quantizer import InferableQuantizer
 
 THREADS = 8
@@ -115,19 +116,6 @@ def sample_input(quantizer: InferableQuantizer, seed: int = 0, size: int = 4) ->
     which = rng.integers(0, 3, size=shape)
     x = np.where(which == 0, values, np.where(which == 1, ties, grid_points))
     return x.astype(np.float32)
-
-
-def dequantize(codes, params) -> np.ndarray:
-    """``float32((codes - zero_point) * scale)`` with the per-channel arrays laid along ``params.axis``."""
-    codes = np.asarray(codes)
-    shape: tuple[int, ...] = ()
-    if params.axis is not None:
-        layout = [1] * codes.ndim
-        layout[int(params.axis)] = -1
-        shape = tuple(layout)
-    zp = np.reshape(np.asarray(params.zero_point, np.int64), shape)
-    scale = np.reshape(np.asarray(params.scale, np.float32), shape)
-    return ((codes.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
 class QuantizerConformance:
