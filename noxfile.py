@@ -105,3 +105,13 @@ def bench(session):
     session.install("--no-deps", "mct-quantizers==1.7.0")
     args = session.posargs or ["--quick"]
     session.run("python", "bench/run.py", *args)
+
+
+# -- calibration baseline: MCT on TF 2.15 ------------------------------------------------------------------------
+@nox.session(python="3.11")
+def calibration_mct(session):
+    """MCT's post-training quantization of the digits CNN on TF 2.15 (the comparison row of docs/calibration.md)."""
+    session.install("tensorflow-cpu==2.15.1", "model-compression-toolkit==2.6.1", "scikit-learn")
+    args = session.posargs or ["--weights", "bench/results/digits_cnn_float.npz",
+                               "--out", "bench/results/calibration_mct.json"]
+    session.run("python", "bench/calibration_mct.py", *args)

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
 
 import iqcore  # noqa: E402
-from iqcore import grid as grid_lib  # noqa: E402
+from iqcore import _grid as grid_lib  # noqa: E402
 
 try:  # the seed's library, for comparison only (never a dependency of iqcore)
     from mct_quantizers.keras import quantizers as mct  # noqa: E402
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
         write_docs(results, Path(args.docs))
     total = sum(sum(r["mismatches"].get("iqcore", 0) for r in results[k])
                 for k in ("cases", "overhead") if k in results)
-    print(f"\niqcore mismatches against iqcore.grid.fake_quant: {total}; wrote {out}", flush=True)
+    print(f"\niqcore mismatches against iqcore._grid.fake_quant: {total}; wrote {out}", flush=True)
     return 1 if total else 0
 
 

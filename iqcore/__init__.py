@@ -10,14 +10,14 @@ through entry points on first use; ``iqcore.list_quantizers()`` shows what is in
 
 from iqcore import keras_inferable_quantizers
 from iqcore.hookspecs import hookimpl
-from iqcore.plugins import PluginError, PluginWarning
-from iqcore.quantizer import (
+from iqcore._plugins import PluginError, PluginWarning
+from iqcore._quantizer import (
     InferableQuantizer,
     QuantizationParams,
     ThresholdActivationQuantizer,
     ThresholdWeightsQuantizer,
 )
-from iqcore.registry import QuantizerInfo, get_quantizer, list_quantizers
+from iqcore._registry import QuantizerInfo, get_quantizer, list_quantizers
 
 __version__ = "0.1.0"
 

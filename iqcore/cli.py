@@ -1,8 +1,10 @@
-"""The ``iqcore`` command line: ``list``, ``inspect MODEL`` and ``demo``.
+"""The ``iqcore`` command line: ``list``, ``inspect MODEL``, ``export MODEL OUT``, ``demo``, and plugins'
+commands.
 
-    iqcore list                 # installed methods and targets, and plugins that failed to load
-    iqcore inspect model.keras  # each quantized layer of a saved model
-    iqcore demo --out DIR       # train, quantize, save, reload and convert a small CNN
+    iqcore list                          # installed methods and targets, and plugins that failed to load
+    iqcore inspect model.keras           # each quantized layer of a saved model
+    iqcore export model.keras m.tflite   # a deployment format (--list shows the installed ones)
+    iqcore demo --out DIR                # train, quantize, save, reload and convert a small CNN
 
 Every error is one line on stderr (``iqcore <command>: error: <reason>``) and a non-zero exit code:
 2 for bad arguments, 1 when the command could not do its job.
@@ -43,7 +45,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 # -- iqcore list ----------------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
-    from iqcore import plugins, registry
+    from iqcore import _plugins as plugins
+    from iqcore import _registry as registry
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", plugins.PluginWarning)  # failures are printed below instead
@@ -77,33 +80,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- iqcore inspect -------------------------------------------------------------------------------------------
-def _short(values: list[float]) -> str:
-    """``0.5`` for one value, ``[0.25..2] (16 ch)`` for many."""
-    if len(values) == 1:
-        return f"{values[0]:.6g}"
-    return f"[{min(values):.6g}..{max(values):.6g}] ({len(values)} ch)"
-
-
 def quantizer_summary(quantizer) -> dict[str, str]:
-    """The columns ``iqcore inspect`` shows for one quantizer: method, bits, axis and a parameter summary."""
+    """The columns ``iqcore inspect`` shows for one quantizer: method, bits, axis and its own summary."""
     config = quantizer.get_config()
-    per_channel = config.get("per_channel", False)
-    axis = config.get("channel_axis") if per_channel else None
-    if "threshold" in config:
-        params = f"T={_short(list(config['threshold']))}"
-        if "signed" in config:
-            params += " signed" if config["signed"] else " unsigned"
-    elif "min_range" in config and "max_range" in config:
-        params = f"min={_short(list(config['min_range']))} max={_short(list(config['max_range']))}"
-    else:
-        keys = sorted(k for k in config if k not in {"num_bits", "per_channel", "channel_axis", "input_rank",
-                                                      "config_version"})
-        params = " ".join(keys)
+    axis = config.get("channel_axis") if config.get("per_channel", False) else None
     return {
         "method": type(quantizer).method or type(quantizer).__name__,
         "bits": str(config.get("num_bits", "?")),
         "axis": "per-tensor" if axis is None else str(axis),
-        "params": params,
+        "params": quantizer.summary(),
     }
 
 
@@ -152,7 +137,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if not rows:
         print(f"{args.model}: no quantized layers")
         return EXIT_OK
-    print(_table(("LAYER", "TARGET", "METHOD", "BITS", "AXIS", "THRESHOLD / RANGE"), rows))
+    print(_table(("LAYER", "TARGET", "METHOD", "BITS", "AXIS", "PARAMETERS"), rows))
+    return EXIT_OK
+
+
+# -- iqcore export --------------------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from iqcore import _registry as registry
+
+    formats = registry.exporters()
+    if args.list or args.model is None:
+        rows = [(name, info.exporter.suffix, info.distribution, info.exporter.description)
+                for name, info in sorted(formats.items())]
+        print(_table(("FORMAT", "SUFFIX", "DISTRIBUTION", "DESCRIPTION"), rows))
+        return EXIT_OK
+    if args.out is None:
+        raise CommandError("OUT is missing: give the file to write (iqcore export MODEL OUT --format NAME)")
+    if args.format is not None and args.format not in formats:
+        raise CommandError(f"unknown format {args.format!r}; installed: {', '.join(sorted(formats)) or 'none'}")
+    model = _load_saved_model(args.model)
+    from iqcore import keras as iqkeras
+
+    try:
+        name = iqkeras.export(model, args.out, format=args.format)
+    except ValueError as e:
+        raise CommandError(str(e).strip().splitlines()[0]) from None
+    print(f"wrote {args.out} ({name}, {os.path.getsize(args.out)} bytes)")
     return EXIT_OK
 
 
@@ -195,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  iqcore list --json\n"
                "  iqcore inspect model.keras\n"
+               "  iqcore export model.keras model.tflite\n"
                "  iqcore demo --out demo --bits 8 4\n\n"
                "'iqcore COMMAND --help' describes each command. Exit codes: 0 done, 1 failed (one-line reason on "
                "stderr), 2 bad arguments.",
@@ -229,7 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_bits, nargs="+", default=[8, 6, 4], metavar="N",
                    help="bit widths to try, each in 2..16 (default: 8 6 4)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="write a saved quantized model in a deployment format",
+                       description="Load a saved .keras model and write it with an exporter registered through "
+                                   "the register_exporters hook (int8 TFLite ships with iqcore; plugins add "
+                                   "more). Without MODEL, or with --list, list the installed formats.")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="path to a saved quantized model (.keras)")
+    p.add_argument("out", metavar="OUT", nargs="?", help="the file to write")
+    p.add_argument("--format", metavar="NAME", help="the format (default: the one whose suffix OUT has)")
+    p.add_argument("--list", action="store_true", help="list the installed formats and exit")
+    p.set_defaults(func=_cmd_export)
+    _plugin_commands(sub)
     return parser
+
+
+def _plugin_commands(sub) -> None:
+    """Let every plugin add subcommands through the ``register_commands`` hook; a plugin whose hook fails (a
+    name clash included) is reported and skipped."""
+    from iqcore import _plugins as plugins
+
+    pm = plugins.get_plugin_manager()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        before = dict(sub.choices)
+        try:
+            impl.function(subparsers=sub)
+        except Exception as e:  # noqa: BLE001 - a plugin's bad command must not break the CLI
+            for name in set(sub.choices) - set(before):
+                del sub.choices[name]
+            plugins.report_failure(impl.plugin_name, plugins.distribution(impl.plugin_name).name,
+                                   f"register_commands failed: {type(e).__name__}: {e}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

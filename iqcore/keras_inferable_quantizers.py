@@ -6,7 +6,7 @@
 Any class a plugin registers is reachable here by its class name.
 """
 
-from iqcore import registry
+from iqcore import _registry as registry
 
 
 def __getattr__(name: str):

@@ -23,7 +23,12 @@ Each inherited test checks one behaviour of every parameter set in ``valid_param
   keys) raises ``ValueError`` or ``TypeError``, both at construction and in ``from_config``;
 * 8 threads calling the same quantizer get exactly the serial results;
 * when the Keras integration (:mod:`iqcore.keras`) is installed, a model holding the quantizer saved as
-  ``.keras`` reloads in a fresh Python process through ``iqcore.load_model`` with identical outputs.
+  ``.keras`` reloads in a fresh Python process through ``iqcore.load_model`` with identical outputs;
+* ``calibrate`` builds a quantizer of the class from observed data whose config round-trips and whose
+  outputs equal its NumPy ``reference`` bit for bit (set ``calibrates = False`` for a class without
+  ``calibrate``: then ``quantize_model`` must refuse the method with an error naming it);
+* end to end: ``quantize_model`` calibrates the method on a small model, the model is saved, reloaded in a
+  fresh process with identical outputs, and ``iqcore inspect`` lists a row of the method.
 
 The checks raise ``AssertionError`` themselves (never with ``assert`` statements), so they also hold under
 ``python -O``.
@@ -43,9 +48,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from iqcore import registry
-from iqcore.grid import dequantize
-from iqcore.quantizer import InferableQuantizer
+from iqcore import _registry as registry
+from iqcore import calibration
+from iqcore._grid import dequantize
+from iqcore._quantizer import InferableQuantizer
 
 THREADS = 8
 
@@ -133,6 +139,8 @@ class QuantizerConformance:
     valid_params: ClassVar[list[dict[str, Any]]] = []
     invalid_params: ClassVar[list[dict[str, Any]]] = []
     registered: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
+    calibration_settings: ClassVar[calibration.Settings] = calibration.Settings(num_bits=4)
 
     # -- helpers a subclass may override --------------------------------------------------------------
     def make_input(self, quantizer: InferableQuantizer, seed: int = 0) -> np.ndarray:
@@ -211,6 +219,56 @@ class QuantizerConformance:
             for i, y in enumerate(threaded):
                 check_identical(y, serial[i % len(serial)], f"{q!r}: thread result {i}")
 
+    def observations(self) -> list:
+        """What ``calibrate`` is tried on: random weights per tensor and per channel, or activation values."""
+        rng = np.random.default_rng(0)
+        if self.quantizer_class.target == "activation":
+            return [calibration.ActivationObservation.of(rng.normal(0.5, 1.0, 2048)),
+                    calibration.ActivationObservation.of(rng.uniform(0.0, 3.0, 2048))]
+        weights = (rng.normal(size=(3, 3, 4, 6)) * np.exp2(rng.uniform(-4, 2, 6))).astype(np.float32)
+        return [calibration.WeightsObservation(weights, None), calibration.WeightsObservation(weights, 3)]
+
+    def test_calibrate_builds_a_quantizer_that_round_trips_and_matches_its_reference(self):
+        cls = self.quantizer_class
+        if not self.calibrates:
+            pytest.skip("calibrates = False")
+        for observation in self.observations():
+            q = cls.calibrate(observation, self.calibration_settings)
+            check(type(q) is cls, f"{cls.__name__}.calibrate returned a {type(q).__name__}")
+            rebuilt = cls.from_config(json.loads(json.dumps(q.get_config(), allow_nan=False)))
+            check(rebuilt == q, f"{q!r}: calibrated config does not round-trip")
+            x = self.make_input(q)
+            check_identical(self._output(q, x), np.asarray(q.reference(x), np.float32), f"{q!r}: output vs reference")
+
+    def test_quantize_model_calibrates_saves_reloads_and_inspects_the_method(self, tmp_path):
+        if not keras_available():
+            pytest.skip("iqcore.keras (the Keras integration) is not installed")
+        from iqcore import keras as iqkeras
+
+        cls = self.quantizer_class
+        model = small_model(iqkeras.keras)
+        data = [np.random.default_rng(i).uniform(-1, 1, (8, 6, 6, 2)).astype(np.float32) for i in range(2)]
+        bits = self.calibration_settings.num_bits
+        kwargs = ({"weights_method": cls.method, "weights_bits": bits} if cls.target == "weights" else
+                  {"activation_method": cls.method, "activation_bits": bits, "representative_data": data})
+        if not self.calibrates:
+            with pytest.raises(ValueError, match=f"method {cls.method!r}.*cannot calibrate itself"):
+                iqkeras.quantize_model(model, **kwargs)
+            return
+        qmodel = iqkeras.quantize_model(model, verbose=0, **kwargs)
+        found = [q for layer in iqkeras.flatten_layers(qmodel) for q in _quantizers_of(layer, iqkeras)]
+        check(any(type(q) is cls for q in found), f"quantize_model put no {cls.__name__} in the model")
+        path, x_path, out_path = tmp_path / "model.keras", tmp_path / "x.npy", tmp_path / "y.npz"
+        qmodel.save(str(path))
+        np.save(x_path, data[0])
+        (after,) = run_reload_in_fresh_process([(path, x_path, out_path)])
+        check_identical(after[0], np.asarray(qmodel(data[0])), f"{cls.__name__}: output after reloading")
+        result = subprocess.run([sys.executable, "-m", "iqcore.cli", "inspect", str(path)], capture_output=True,
+                                text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300, check=False)
+        check(result.returncode == 0, f"iqcore inspect failed: {result.stderr[-2000:]}")
+        rows = [line.split() for line in result.stdout.splitlines()]
+        check(any(cls.method in row for row in rows), f"iqcore inspect shows no {cls.method!r} row:\n{result.stdout}")
+
     def test_keras_model_reloads_in_a_fresh_process_with_identical_outputs(self, tmp_path):
         if not keras_available():
             pytest.skip("iqcore.keras (the Keras integration) is not installed")
@@ -229,6 +287,22 @@ class QuantizerConformance:
             for j, (a, e) in enumerate(zip(after, before, strict=False)):
                 what = "output" if j == 0 else f"weight {j - 1}"
                 check_identical(a, e, f"{name}: {what} after reloading in a fresh process")
+
+
+def small_model(keras):
+    """A float Conv2D + Dense model on 6x6x2 inputs (for end-to-end checks)."""
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="fc")(x))
+
+
+def _quantizers_of(layer, iqkeras) -> list[InferableQuantizer]:
+    if isinstance(layer, iqkeras.QuantizationWrapper):
+        return list(layer.weights_quantizers.values())
+    if isinstance(layer, iqkeras.ActivationQuantizationHolder):
+        return [layer.quantizer]
+    return []
 
 
 def keras_model_for(quantizer: InferableQuantizer, x: np.ndarray) -> tuple[Any, np.ndarray]:

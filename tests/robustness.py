@@ -41,7 +41,7 @@ def call(quantizer_params, x, method="symmetric", target="weights"):
     def run():
         import tensorflow as tf
 
-        from iqcore import grid as g
+        from iqcore import _grid as g
 
         quantizer = iqcore.get_quantizer(method, target, **quantizer_params)
         got = quantizer(tf.constant(x))
@@ -51,7 +51,7 @@ def call(quantizer_params, x, method="symmetric", target="weights"):
 
 def from_config(method, target, base, **changes):
     def run():
-        cls = iqcore.registry.get_class(method, target)
+        cls = iqcore._registry.get_class(method, target)
         config = {**cls(**base).get_config(), **changes}
         for k, v in list(changes.items()):
             if v is DELETE:

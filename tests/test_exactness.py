@@ -1,6 +1,6 @@
 """Every quantizer equals the NumPy reference (and so TensorFlow's fake-quant kernel) bit for bit.
 
-Inputs are iqcore.grid.probe_tensor: every rounding tie (sampled above 9 bits), its ±1-ulp neighbours,
+Inputs are iqcore._grid.probe_tensor: every rounding tie (sampled above 9 bits), its ±1-ulp neighbours,
 range ends, ±inf, NaN, extremes and random values; in eager, tf.function and XLA modes.
 """
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import iqcore
 from exact import MODES, mismatches, run
-from iqcore import grid as g
+from iqcore import _grid as g
 
 
 def params(method, target, num_bits, rng, channels=1, **layout):

@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 import iqcore
 from exact import mismatches
-from iqcore import grid as g
+from iqcore import _grid as g
 
 floats32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import iqcore
 from exact import mismatches
-from iqcore import grid as g
+from iqcore import _grid as g
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The NumPy reference (iqcore.grid) against TensorFlow's own fake-quant op."""
+"""The NumPy reference (iqcore._grid) against TensorFlow's own fake-quant op."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exact import mismatches
-from iqcore import grid as g
+from iqcore import _grid as g
 
 bits = st.integers(2, 16)
 low = st.floats(-1e4, 0, allow_nan=False, width=32)

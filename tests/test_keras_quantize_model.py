@@ -16,11 +16,17 @@ def _float_outputs(model, name):
     return np.concatenate([probe(b).numpy() for b in DATA])
 
 
-def test_symmetric_weight_thresholds_are_the_per_channel_max_abs():
+def test_symmetric_weight_top_code_is_each_channels_max_abs_so_nothing_is_clipped():
     model = cnn()
     q = quantize_model(model, weights_method="symmetric").get_layer("conv_quantized").weights_quantizers["kernel"]
     kernel = model.get_layer("conv").kernel.numpy()
-    np.testing.assert_array_equal(q.threshold, np.abs(kernel).max(axis=(0, 1, 2)).astype(np.float64))
+    max_abs = np.abs(kernel).max(axis=(0, 1, 2))
+    top = q.quantization_params().scale * 127
+    np.testing.assert_allclose(top, max_abs, rtol=1e-6)
+    codes = q.to_int(kernel).numpy()
+    assert np.all(np.abs(codes).max(axis=(0, 1, 2)) == 127)
+    step = q.quantization_params().scale
+    assert np.all(np.abs(q(kernel).numpy() - kernel) <= step / 2 * (1 + 1e-6))
     assert q.per_channel and q.channel_axis == 3 and q.narrow_range
 
 
@@ -49,7 +55,7 @@ def test_an_all_zero_channel_gets_a_positive_threshold():
     kernel = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     kernel[:, 1] = 0.0
     q = calibrate_weights(kernel, "symmetric", axis=-1)
-    assert q.threshold[1] == np.abs(kernel).max().astype(np.float64)
+    assert q.threshold[1] == max(q.threshold) > 0
 
 
 def test_uniform_activation_ranges_are_the_min_and_max_on_the_representative_data():

@@ -1,4 +1,4 @@
-"""Every execution path of iqcore.kernels.fake_quant is bit-exact (the speed paths of docs/performance.md).
+"""Every execution path of iqcore._kernels.fake_quant is bit-exact (the speed paths of docs/performance.md).
 
 Eager per-channel calls take one of three paths depending on size and call count (NumPy for small tensors
 and for the first call with a shape, the separately compiled kernel afterwards or at once for large
@@ -16,8 +16,8 @@ import tensorflow as tf
 
 import iqcore
 from exact import mismatches
-from iqcore import grid as g
-from iqcore import kernels
+from iqcore import _grid as g
+from iqcore import _kernels as kernels
 
 
 def quantizer(axis, rank, channels=3, seed=0):
@@ -117,11 +117,11 @@ def test_compiled_eager_kernel_is_exact_on_every_axis(method, rank, axis, monkey
 def test_kernels_first_imported_while_tracing_still_tell_eager_from_symbolic_tensors():
     code = """
 import numpy as np, tensorflow as tf, iqcore
-from iqcore import grid as g
+from iqcore import _grid as g
 q = iqcore.get_quantizer("symmetric", "weights", num_bits=8, threshold=[0.3, 1.7, 2.9], per_channel=True,
                          channel_axis=1, input_rank=2)
 x = g.probe_tensor(q.grid)
-y = tf.function(q)(tf.constant(x))  # iqcore.kernels is imported during this trace
+y = tf.function(q)(tf.constant(x))  # iqcore._kernels is imported during this trace
 z = q(tf.constant(x))
 want = g.fake_quant(x, q.grid).view(np.uint32)
 print(int((y.numpy().view(np.uint32) != want).sum() + (z.numpy().view(np.uint32) != want).sum()))

@@ -61,7 +61,7 @@ import json, warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import iqcore
-    from iqcore import plugins
+    from iqcore import _plugins as plugins
     available = sorted(f"{i.method}/{i.target}/{i.distribution}" for i in iqcore.list_quantizers())
 errors = {}
 for method in ("symmetric", "pot", "half"):

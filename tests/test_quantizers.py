@@ -9,7 +9,7 @@ import tensorflow as tf
 import iqcore
 import iqcore as qi
 from exact import mismatches
-from iqcore import grid as g
+from iqcore import _grid as g
 
 SIX = {
     ("pot", "weights"): dict(num_bits=8, threshold=[2.0, 4.0, 1.0], per_channel=True, channel_axis=-1, input_rank=4),

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import iqcore
 from exact import mismatches
-from iqcore import grid as g
+from iqcore import _grid as g
 
 THREADS = 8
 

@@ -2,22 +2,25 @@
 
     weights:    signed grid [-T, T - T/2**(num_bits-1)], per tensor or per channel on any axis
     activation: [-T, T - T/2**(num_bits-1)] if signed, else [0, T - T/2**num_bits]
+
+Calibration makes the largest ``|x|`` of the range the strategy picks the top grid value (``T - s``), so the
+``minmax`` strategy clips nothing.
 """
 
-import iqcore
+from iqcore import plugin
 
 
-class WeightsSymmetricInferableQuantizer(iqcore.ThresholdWeightsQuantizer):
-    __doc__ = iqcore.ThresholdWeightsQuantizer.__doc__
+class WeightsSymmetricInferableQuantizer(plugin.ThresholdWeightsQuantizer):
+    __doc__ = plugin.ThresholdWeightsQuantizer.__doc__
     method = "symmetric"
 
 
-class ActivationSymmetricInferableQuantizer(iqcore.ThresholdActivationQuantizer):
-    __doc__ = iqcore.ThresholdActivationQuantizer.__doc__
+class ActivationSymmetricInferableQuantizer(plugin.ThresholdActivationQuantizer):
+    __doc__ = plugin.ThresholdActivationQuantizer.__doc__
     method = "symmetric"
 
 
-@iqcore.hookimpl
+@plugin.hookimpl
 def register_quantizers(register):
     register(WeightsSymmetricInferableQuantizer)
     register(ActivationSymmetricInferableQuantizer)

@@ -7,14 +7,13 @@ The range is first moved so that 0 lies exactly on the grid, as the seed's libra
     min'  = 0, max' = max                                                   if min > 0
     min'  = min, max' = 0                                                   if max < 0
 
-and ``[min', max']`` is handed to TensorFlow's fake-quant grid.
+and ``[min', max']`` is handed to TensorFlow's fake-quant grid. Calibration takes the range the strategy
+picks as ``[min_range, max_range]``.
 """
 
 import numpy as np
 
-import iqcore
-from iqcore import validation as v
-from iqcore.quantizer import check_ranges
+from iqcore import plugin
 
 
 def range_including_zero(lows, highs, num_bits, narrow_range=False):
@@ -30,17 +29,24 @@ def range_including_zero(lows, highs, num_bits, narrow_range=False):
     return np.minimum(min_adj, 0.0), np.maximum(max_adj, 0.0)
 
 
-class UniformQuantizer(iqcore.InferableQuantizer):
+class UniformQuantizer(plugin.InferableQuantizer):
     """Shared by both targets: validates the ranges and builds the grid on them, zero moved onto it."""
 
     def _set_range_grid(self, min_range, max_range, axis=None) -> None:
-        self.min_range, self.max_range = check_ranges(min_range, max_range, axis is not None)
+        self.min_range, self.max_range = plugin.check_ranges(min_range, max_range, axis is not None)
         low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
         if axis is None:
             low, high = low[0], high[0]
         rank = None if axis is None else self.input_rank
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
+        self.set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
                        {"min_range": self.min_range, "max_range": self.max_range})
+
+
+def _widened(low, high):
+    """``(low, high)`` with every empty range (a constant channel) widened to one that keeps its value."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    width = plugin.positive(high - low)
+    return low, np.where(high > low, high, low + width)
 
 
 class WeightsUniformInferableQuantizer(UniformQuantizer):
@@ -60,10 +66,20 @@ class WeightsUniformInferableQuantizer(UniformQuantizer):
 
     def __init__(self, num_bits, min_range, max_range, per_channel=False, channel_axis=None, input_rank=None,
                  narrow_range=False):
-        self.num_bits = v.check_num_bits(num_bits)
-        self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        axis = self._set_layout(per_channel, channel_axis, input_rank)
+        self.num_bits = plugin.check_num_bits(num_bits)
+        self.narrow_range = plugin.check_bool("narrow_range", narrow_range)
+        axis = self.set_layout(per_channel, channel_axis, input_rank)
         self._set_range_grid(min_range, max_range, axis)
+
+    @classmethod
+    def calibrate(cls, observation, settings):
+        """Per channel, the range the strategy picks (a constant channel gets a width that keeps it)."""
+        def build(low, high):
+            low, high = _widened(low, high)
+            return cls(num_bits=settings.num_bits, min_range=low.tolist(), max_range=high.tolist(),
+                       narrow_range=settings.narrow_range, **observation.layout())
+
+        return plugin.search_range(observation, settings, build)
 
 
 class ActivationUniformInferableQuantizer(UniformQuantizer):
@@ -79,12 +95,28 @@ class ActivationUniformInferableQuantizer(UniformQuantizer):
     target = "activation"
 
     def __init__(self, num_bits, min_range, max_range, narrow_range=False):
-        self.num_bits = v.check_num_bits(num_bits)
-        self.narrow_range = v.check_bool("narrow_range", narrow_range)
+        self.num_bits = plugin.check_num_bits(num_bits)
+        self.narrow_range = plugin.check_bool("narrow_range", narrow_range)
         self._set_range_grid(min_range, max_range)
 
+    @classmethod
+    def calibrate(cls, observation, settings):
+        """The range the strategy picks; a fixed range ``[low, high)`` of ``2**num_bits`` codes (an int8 softmax
+        output) becomes ``[low, high - step]``, which reproduces that grid."""
+        if observation.fixed_range:
+            step = (observation.max - observation.min) / 2**settings.num_bits
+            return cls(num_bits=settings.num_bits, min_range=observation.min, max_range=observation.max - step,
+                       narrow_range=settings.narrow_range)
 
-@iqcore.hookimpl
+        def build(low, high):
+            low, high = _widened(low, high)
+            return cls(num_bits=settings.num_bits, min_range=float(low[0]), max_range=float(high[0]),
+                       narrow_range=settings.narrow_range)
+
+        return plugin.search_range(observation, settings, build)
+
+
+@plugin.hookimpl
 def register_quantizers(register):
     register(WeightsUniformInferableQuantizer)
     register(ActivationUniformInferableQuantizer)

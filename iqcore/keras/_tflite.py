@@ -8,8 +8,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from iqcore.keras_layers import QuantizationWrapper
-from iqcore.quantizer import InferableQuantizer
+from iqcore._quantizer import InferableQuantizer
+from iqcore.keras._layers import QuantizationWrapper, export_form
 
 
 def export_problem(var, q: InferableQuantizer) -> str | None:
@@ -78,22 +78,18 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
                 f"{w.name}: TFLite export of a wrapped {type(w.layer).__name__} is not supported yet; allowed: "
                 f"{', '.join(TFLITE_LAYERS)} (and other layers whose weights need no per-channel FakeQuant rewrite)"
             )
-        for name, q in w._quantizers.items():
-            problem = export_problem(w._variables_by_name[name], q)
+        variables = w.quantized_variables()
+        for name, q in w.weights_quantizers.items():
+            problem = export_problem(variables[name], q)
             if problem:
                 raise ValueError(f"{w.name}: weights_quantizers[{name!r}] cannot be exported to TFLite: {problem}")
-    for w in wrappers:
-        w._export = True
-    try:
+    with export_form(wrappers):
         converter = _converter(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
-    finally:
-        for w in wrappers:
-            w._export = False
     flatbuffer = restore_scales(flatbuffer, model)
     if check:
         check_tflite(flatbuffer, model)
@@ -115,7 +111,7 @@ def _converter(model) -> tf.lite.TFLiteConverter:
 
 
 def _wanted_scales(wrapper, name) -> np.ndarray:
-    return np.repeat(wrapper._quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
+    return np.repeat(wrapper.weights_quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
 
 
 def restore_scales(flatbuffer: bytes, model) -> bytes:
@@ -130,7 +126,7 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
     buffer = bytearray(flatbuffer)
     tensors = tflite_weight_tensors(flatbuffer, model)
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
-        for name in w._quantizers:
+        for name in w.weights_quantizers:
             d = tensors.get((w.name, name))
             if d is None:
                 continue
@@ -153,7 +149,7 @@ def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dic
     details = interpreter.get_tensor_details()
     found = {}
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
-        for name in w._quantizers:
+        for name in w.weights_quantizers:
             tag = f"iqcore_{w.name}_{name}"
             hits = [d for d in details if tag in d["name"] and d["dtype"] == np.int8]
             if len(hits) == 1:
@@ -174,7 +170,7 @@ def check_tflite(flatbuffer: bytes, model) -> None:
     """
     tensors = tflite_weight_tensors(flatbuffer, model)
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
-        for name, q in w._quantizers.items():
+        for name, q in w.weights_quantizers.items():
             d = tensors.get((w.name, name))
             if d is None:
                 raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
@@ -190,8 +186,8 @@ def check_tflite(flatbuffer: bytes, model) -> None:
 
 def _export_repeat(wrapper, name) -> int:
     """How many TFLite channels each quantizer channel becomes (a DepthwiseConv2D's depth multiplier)."""
-    q = wrapper._quantizers[name]
-    var = wrapper._variables_by_name[name]
+    q = wrapper.weights_quantizers[name]
+    var = wrapper.quantized_variables()[name]
     g = q.grid
     if g.axis is not None and g.rank == 4 and g.axis == 2:
         return int(var.shape[-1])

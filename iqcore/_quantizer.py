@@ -8,8 +8,8 @@ An inferable quantizer holds every parameter it needs and fake-quantizes a Tenso
     >>> codes = q.to_int(x)           # signed integer codes (int8 up to 8 bits)
     >>> p = q.quantization_params()   # scale, zero_point, qmin, qmax, axis for an integer back end
 
-Every quantizer reduces its parameters to a float range per channel; :mod:`iqcore.grid` nudges that range
-exactly as TensorFlow's fake-quant kernel does, and :mod:`iqcore.kernels` computes on it bit-exactly.
+Every quantizer reduces its parameters to a float range per channel; :mod:`iqcore._grid` nudges that range
+exactly as TensorFlow's fake-quant kernel does, and :mod:`iqcore._kernels` computes on it bit-exactly.
 
 Threshold grids (symmetric and power-of-two methods), with step ``s = T / 2**(num_bits - signed)``:
 
@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from iqcore import grid as grid_lib
-from iqcore import validation as v
+from iqcore import _grid as grid_lib
+from iqcore import calibration
+from iqcore import _validation as v
 
 CONFIG_VERSION = 1
 TARGETS = ("weights", "activation")
@@ -41,8 +42,8 @@ TARGETS = ("weights", "activation")
 
 @functools.cache
 def _kernels():
-    """iqcore.kernels, imported on first use: building quantizers and discovering plugins needs no TensorFlow."""
-    return importlib.import_module("iqcore.kernels")
+    """iqcore._kernels, imported on first use: building quantizers and discovering plugins needs no TensorFlow."""
+    return importlib.import_module("iqcore._kernels")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,7 +74,7 @@ class InferableQuantizer(abc.ABC):
     """Base of every quantizer. Subclasses set ``method`` and ``target`` and build ``self.grid``.
 
     A subclass validates its constructor arguments, computes a float range per channel, and calls
-    :meth:`_set_grid`. ``get_config`` returns the constructor's arguments as JSON-able data; the default
+    :meth:`set_grid`. ``get_config`` returns the constructor's arguments as JSON-able data; the default
     ``from_config`` refuses unknown, missing and future-versioned configs before calling the constructor,
     which validates every value.
     """
@@ -86,18 +87,54 @@ class InferableQuantizer(abc.ABC):
 
     @abc.abstractmethod
     def __init__(self, num_bits, *args, **kwargs):
-        """Validate every argument, keep each as an attribute of the same name, and call :meth:`_set_grid`."""
+        """Validate every argument, keep each as an attribute of the same name, and call :meth:`set_grid`."""
 
     # -- building --------------------------------------------------------------------------------------
-    def _set_layout(self, per_channel, channel_axis, input_rank) -> int | None:
-        """Validate and keep the per-channel layout; returns the non-negative axis (None per-tensor)."""
+    def set_layout(self, per_channel, channel_axis, input_rank) -> int | None:
+        """Validate and keep ``per_channel``, ``channel_axis`` and ``input_rank`` as attributes.
+
+        Returns:
+            The non-negative channel axis, or None per tensor.
+
+        Raises:
+            TypeError, ValueError: For a bad value (the message names the parameter).
+        """
         self.per_channel = v.check_bool("per_channel", per_channel)
         axis, self.input_rank = v.check_layout(self.per_channel, channel_axis, input_rank)
         self.channel_axis = None if channel_axis is None else int(channel_axis)
         return axis
 
-    def _set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None, source=None) -> None:
+    def set_grid(self, min_range, max_range, num_bits, narrow_range, axis=None, rank=None, source=None) -> None:
+        """Describe the grid the outputs lie on: TensorFlow's fake-quant grid of ``[min_range, max_range]``.
+
+        Args:
+            min_range, max_range: The float range, a number per tensor or one per channel.
+            num_bits: Bit width, 2..16.
+            narrow_range: Whether the lowest integer code is unused.
+            axis: The non-negative channel axis (None per tensor), as :meth:`set_layout` returns it.
+            rank: The input rank of a per-channel grid.
+            source: ``{parameter name: values per channel}`` named in the error for a range that gives no
+                usable float32 grid.
+
+        Raises:
+            ValueError: If the range gives no finite, normal float32 step.
+        """
         self.grid = grid_lib.make_grid(min_range, max_range, num_bits, narrow_range, axis, rank, source)
+
+    @classmethod
+    def calibrate(cls, observation, settings):
+        """Build a quantizer of this class from what calibration observed (see :mod:`iqcore.calibration`).
+
+        Args:
+            observation: A :class:`iqcore.calibration.WeightsObservation` (weights target) or
+                :class:`iqcore.calibration.ActivationObservation` (activation target).
+            settings: The :class:`iqcore.calibration.Settings` asked for (bits, strategy, narrow range).
+
+        Raises:
+            NotImplementedError: This class cannot calibrate itself (the default); ``iqcore.keras.quantize_model``
+                turns it into a ``ValueError`` naming the method.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement calibrate(observation, settings)")
 
     # -- the quantizer -------------------------------------------------------------------------------
     def __call__(self, x):
@@ -112,6 +149,14 @@ class InferableQuantizer(abc.ABC):
             ValueError: If a per-channel quantizer's input has the wrong rank or channel count.
         """
         return _kernels().fake_quant(x, self.grid)
+
+    def reference(self, x) -> np.ndarray:
+        """The NumPy reference of :meth:`__call__` on float32 ``x`` (float32 out, bit for bit the same values).
+
+        The default computes TensorFlow's fake-quant formula on :attr:`grid`; a method with another rule
+        overrides it. ``python -m iqcore.selfcheck`` checks every mode of :meth:`__call__` against it.
+        """
+        return grid_lib.fake_quant(x, self.grid)
 
     def to_int(self, x):
         """Signed integer codes of ``x`` (int8 up to 8 bits, int16 above); see :meth:`quantization_params`."""
@@ -171,6 +216,26 @@ class InferableQuantizer(abc.ABC):
             raise ValueError(f"config for {cls.__name__} is missing required keys {missing}")
         return cls(**config)
 
+    #: Config keys that describe the layout, not the grid; :meth:`summary` leaves them out.
+    LAYOUT_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"num_bits", "per_channel", "channel_axis", "input_rank", "narrow_range", "config_version"})
+
+    def summary(self) -> str:
+        """One line of the parameters that set the grid (``iqcore inspect``'s last column): each config value
+        except the layout, a list shown as its only value or as ``[min..max] (n)``."""
+        parts = []
+        for key, value in self.get_config().items():
+            if key in self.LAYOUT_KEYS:
+                continue
+            if isinstance(value, (list, tuple)) and value and all(isinstance(x, (int, float)) for x in value):
+                shown = f"{value[0]:.6g}" if len(value) == 1 else f"[{min(value):.6g}..{max(value):.6g}] ({len(value)})"
+            elif isinstance(value, float):
+                shown = f"{value:.6g}"
+            else:
+                shown = str(value)
+            parts.append(f"{key}={shown}")
+        return " ".join(parts)
+
     def __eq__(self, other):
         if type(other) is not type(self):
             return NotImplemented
@@ -210,7 +275,18 @@ class ThresholdQuantizer(InferableQuantizer):
         if axis is None:
             low, high = low[0], high[0]
         rank = None if axis is None else self.input_rank
-        self._set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"threshold": self.threshold})
+        self.set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"threshold": self.threshold})
+
+    @classmethod
+    def threshold_for(cls, largest, num_bits: int, signed: bool, narrow_range: bool) -> np.ndarray:
+        """The thresholds whose top grid value is ``largest`` (one per channel), so that no value is clipped.
+
+        The top value of a threshold grid is ``T - s`` (``T - 2s`` unsigned with ``narrow_range``), with
+        ``s = T / 2**(num_bits - signed)``; methods with stricter thresholds (powers of two) override this.
+        """
+        steps = 2.0 ** (num_bits - int(signed))
+        top = 1.0 - (2.0 if narrow_range and not signed else 1.0) / steps
+        return np.asarray(largest, np.float64) / top
 
 
 class ThresholdWeightsQuantizer(ThresholdQuantizer):
@@ -231,8 +307,20 @@ class ThresholdWeightsQuantizer(ThresholdQuantizer):
                  narrow_range=False):
         self.num_bits = v.check_num_bits(num_bits)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        axis = self._set_layout(per_channel, channel_axis, input_rank)
+        axis = self.set_layout(per_channel, channel_axis, input_rank)
         self._set_threshold_grid(threshold, signed=True, axis=axis)
+
+    @classmethod
+    def calibrate(cls, observation, settings):
+        """Thresholds from the weights: per channel, the largest ``|w|`` of the range the strategy picks is
+        the top grid value (:meth:`threshold_for`), so the minmax strategy clips no weight."""
+        def build(low, high):
+            largest = calibration.positive(np.maximum(np.abs(low), np.abs(high)))
+            t = cls.threshold_for(largest, settings.num_bits, True, settings.narrow_range)
+            return cls(num_bits=settings.num_bits, threshold=t.tolist(), narrow_range=settings.narrow_range,
+                       **observation.layout())
+
+        return calibration.search_range(observation, settings, build)
 
 
 class ThresholdActivationQuantizer(ThresholdQuantizer):
@@ -252,6 +340,24 @@ class ThresholdActivationQuantizer(ThresholdQuantizer):
         self.signed = v.check_bool("signed", signed)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
         self._set_threshold_grid(threshold, signed=self.signed)
+
+    @classmethod
+    def calibrate(cls, observation, settings):
+        """Signed when the observed minimum is negative; the largest ``|x|`` of the range the strategy picks
+        is the top grid value (:meth:`threshold_for`). A fixed range ``[low, high)`` (an int8 softmax
+        output) becomes the threshold ``max(|low|, high)``, which reproduces that grid."""
+        signed = bool(observation.min < 0)
+        if observation.fixed_range:
+            t = max(abs(observation.min), abs(observation.max))
+            return cls(num_bits=settings.num_bits, threshold=t, signed=signed, narrow_range=settings.narrow_range)
+
+        def build(low, high):
+            largest = calibration.positive(np.maximum(np.abs(low), np.abs(high)))
+            t = cls.threshold_for(largest, settings.num_bits, signed, settings.narrow_range)
+            return cls(num_bits=settings.num_bits, threshold=float(t[0]), signed=signed,
+                       narrow_range=settings.narrow_range)
+
+        return calibration.search_range(observation, settings, build)
 
 
 def check_ranges(min_range, max_range, per_channel: bool) -> tuple[list[float], list[float]]:

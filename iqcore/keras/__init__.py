@@ -19,7 +19,7 @@ Design (see docs/keras.md):
   speed with weights on the quantizer's grid: the same numbers as re-quantizing on every call, since a
   quantizer maps grid values to themselves.
 * Quantizers are stored in a layer's config as ``{"method", "target", "distribution", "config"}`` and rebuilt
-  through :func:`iqcore.registry.get_class`, so a missing plugin is reported by name and the quantizer's own
+  through :func:`iqcore._registry.get_class`, so a missing plugin is reported by name and the quantizer's own
   validation refuses tampered values.
 * For TFLite the wrappers switch to an export form that puts TensorFlow's FakeQuant ops (8-bit, narrow range,
   scale equal to the quantizer's) on the already-quantized weights; a per-channel Dense is expressed as a
@@ -32,51 +32,64 @@ import os
 
 import tensorflow as tf
 
-from iqcore import registry
-from iqcore.keras_export import export_weight, symmetric_bound
-from iqcore.keras_layers import (
+from iqcore import _registry as registry
+from iqcore.keras._layers import (
     KERAS_3,
     ActivationQuantizationHolder,
     QuantizationWrapper,
-    deserialize_quantizer,
     find_weight,
-    serialize_quantizer,
 )
-from iqcore.keras_quantize import (
-    AVERAGING,
-    FIXED_OUTPUT_RANGES,
-    FUSED_ACTIVATIONS,
-    KERNEL_AXES,
-    PASS_THROUGH,
-    RELU_FUSING,
-    calibrate_activation,
-    calibrate_weights,
-    fixed_range_activation,
-    power_of_two_ceil,
-    quantize_model,
-    split_activations,
-)
-from iqcore.keras_tflite import (
-    TFLITE_LAYERS,
-    UNSUPPORTED_TFLITE,
-    check_tflite,
-    export_problem,
-    flatten_layers,
-    restore_scales,
-    tflite_weight_tensors,
-    to_tflite,
-)
+from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
+from iqcore.keras._tflite import flatten_layers, tflite_weight_tensors, to_tflite
 
 keras = tf.keras
 
 __all__ = [
-    "AVERAGING", "FIXED_OUTPUT_RANGES", "FUSED_ACTIVATIONS", "KERAS_3", "KERNEL_AXES", "PASS_THROUGH",
-    "RELU_FUSING", "TFLITE_LAYERS", "UNSUPPORTED_TFLITE", "ActivationQuantizationHolder", "QuantizationWrapper",
-    "calibrate_activation", "calibrate_weights", "check_tflite", "deserialize_quantizer", "export_problem",
-    "export_weight", "find_weight", "fixed_range_activation", "flatten_layers", "load_model", "power_of_two_ceil",
-    "quantize_model", "restore_scales", "serialize_quantizer", "split_activations", "symmetric_bound",
-    "tflite_weight_tensors", "to_tflite",
+    "KERAS_3",
+    "ActivationQuantizationHolder",
+    "QuantizationWrapper",
+    "calibrate_activation",
+    "calibrate_weights",
+    "export",
+    "find_weight",
+    "flatten_layers",
+    "load_model",
+    "quantize_model",
+    "split_activations",
+    "tflite_weight_tensors",
+    "to_tflite",
 ]
+
+
+def export(model, path, format: str | None = None) -> str:
+    """Write a quantized model in a deployment format registered through the ``register_exporters`` hook.
+
+    Args:
+        model: A quantized Keras model (or the path of a saved one).
+        path: The file to write.
+        format: The format's name (``"tflite"``, or one a plugin adds); None picks the format whose suffix
+            ``path`` ends with.
+
+    Returns:
+        The format's name.
+
+    Raises:
+        ValueError: For an unknown format (the message lists the installed ones), or a model the exporter
+            refuses (the message names the layer and the reason).
+    """
+    path = os.fspath(path)
+    if format is None:
+        by_suffix = [info.exporter.name for info in registry.exporters().values()
+                     if info.exporter.suffix and path.endswith(info.exporter.suffix)]
+        if len(by_suffix) != 1:
+            raise ValueError(f"format is None and the suffix of {path!r} names {len(by_suffix)} installed formats; "
+                             f"allowed: one of {', '.join(sorted(registry.exporters())) or 'none installed'}")
+        format = by_suffix[0]
+    exporter = registry.get_exporter(format)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    exporter.export(model, path)
+    return format
 
 
 def load_model(path, *args, **kwargs):

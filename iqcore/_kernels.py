@@ -1,4 +1,4 @@
-"""TensorFlow kernels that compute :mod:`iqcore.grid`'s formula bit-exactly in eager, graph and XLA modes.
+"""TensorFlow kernels that compute :mod:`iqcore._grid`'s formula bit-exactly in eager, graph and XLA modes.
 
 Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactness.md):
 
@@ -30,7 +30,7 @@ Speed (see docs/performance.md; every path performs the reference's float32 oper
   where the parameters are constants (inside an enclosing XLA compilation, graphs with ``IQCORE_XLA=0``).
 * Eagerly, per-channel tensors of at most ``SMALL_EAGER`` elements, and the first call with a new shape
   below ``COMPILE_AT_ONCE`` elements (a Keras layer quantizes its weights once: compiling for that would cost
-  more than it saves), are computed in NumPy with :func:`iqcore.grid.fake_quant`'s float32 operations in
+  more than it saves), are computed in NumPy with :func:`iqcore._grid.fake_quant`'s float32 operations in
   place on one array (IEEE float32: the reference itself; cheaper than dispatching TensorFlow ops, and
   lighter than running the staged kernel op by op). The compiled kernel takes over from the second call
   with a shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements; it is called by name,
@@ -51,8 +51,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from iqcore import grid as grid_lib
-from iqcore.grid import Grid
+from iqcore import _grid as grid_lib
+from iqcore._grid import Grid
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -192,7 +192,7 @@ def _staged_steps(x32, nmin, nmax, reciprocal, quant_zero):
 
 
 def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
-    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore.grid.steps`)."""
+    """Signed integer steps of a float32 tensor on ``grid``, as float32 (see :func:`iqcore._grid.steps`)."""
     return _staged_steps(x32, *_plan(grid).staged)
 
 
@@ -206,7 +206,7 @@ def _kernel(x32, grid: Grid) -> tf.Tensor:
 def _kernel_float32(x32, nmin, nmax, quant_zero32, scale):
     """TensorFlow's float32 operations in its order, division included, for run-time parameters only.
 
-    This is :func:`iqcore.grid.fake_quant` literally. It is exact only where no optimizer sees the parameters
+    This is :func:`iqcore._grid.fake_quant` literally. It is exact only where no optimizer sees the parameters
     as constants: Grappler and XLA rewrite ``x / constant`` into a multiply by the reciprocal and fold
     ``(x - c1) - c2``, but a division by a run-time value stays an IEEE float32 division (XLA's CPU backend
     runs without fast-math by default), and no product here feeds an addition (no FMA). Callers pass eager
@@ -239,7 +239,7 @@ class _Plan:
     """What one grid needs at call time, computed once: laid-out NumPy parameters and eager tensors."""
 
     def __init__(self, grid: Grid):
-        # NumPy reference parameters laid out along the grid's axis (see iqcore.grid.laid_out).
+        # NumPy reference parameters laid out along the grid's axis (see iqcore._grid.laid_out).
         self.np_ref = grid_lib.laid_out(grid)
         scale, nmin, nmax, quant_zero = self.np_ref
         self.staged = (nmin, nmax, np.reshape(grid.reciprocal, grid.broadcast_shape()), quant_zero)
@@ -257,7 +257,7 @@ class _Plan:
         self.lock = threading.Lock()
 
     def numpy_fake_quant(self, x: np.ndarray) -> np.ndarray:
-        """:func:`iqcore.grid.fake_quant` with the parameters laid out in advance (the reference itself)."""
+        """:func:`iqcore._grid.fake_quant` with the parameters laid out in advance (the reference itself)."""
         y = grid_lib.steps_laid_out(x, *self.np_ref)
         return np.multiply(y, self.np_ref[0], out=y)
 

@@ -3,13 +3,14 @@ stored in their configs. Public names are re-exported by :mod:`iqcore.keras`."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import tensorflow as tf
 
-from iqcore import registry
-from iqcore.keras_export import _conv1d_as_conv2d, _dense_as_conv, _is_plain_conv1d, export_weight
-from iqcore.quantizer import InferableQuantizer
+from iqcore import _registry as registry
+from iqcore._quantizer import InferableQuantizer
+from iqcore.keras._export import conv1d_as_conv2d, dense_as_conv, export_weight, is_plain_conv1d
 
 keras = tf.keras
 
@@ -179,6 +180,10 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         """``{weight name: quantizer}`` (a copy)."""
         return dict(self._quantizers)
 
+    def quantized_variables(self) -> dict:
+        """``{weight name: the wrapped layer's variable}`` for each quantized weight (empty before the build)."""
+        return dict(getattr(self, "_variables_by_name", {}))
+
     # -- building -------------------------------------------------------------------------------------
     def build(self, input_shape):
         if not self.layer.built:
@@ -230,15 +235,15 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
             kernel = tf.convert_to_tensor(self._variables_by_name["kernel"])
             kernel = tf.reshape(kernel, [1, 1, *kernel.shape])
             kernel = export_weight(kernel, self._quantizers["kernel"], f"iqcore_{self.name}_kernel", axis=3)
-            return _dense_as_conv(self.layer, inputs, kernel)
-        if _is_plain_conv1d(self.layer) and set(self._quantizers) == {"kernel"} and not args and \
+            return dense_as_conv(self.layer, inputs, kernel)
+        if is_plain_conv1d(self.layer) and set(self._quantizers) == {"kernel"} and not args and \
                 set(kwargs) <= {"training"}:
             kernel = tf.convert_to_tensor(self._variables_by_name["kernel"])
             kernel = tf.reshape(kernel, [1, *kernel.shape])
             q = self._quantizers["kernel"]
             axis = None if q.grid.axis is None else q.grid.axis + 1
             kernel = export_weight(kernel, q, f"iqcore_{self.name}_kernel", axis=axis)
-            return _conv1d_as_conv2d(self.layer, inputs, kernel)
+            return conv1d_as_conv2d(self.layer, inputs, kernel)
         fq = {name: export_weight(self._variables_by_name[name], q, f"iqcore_{self.name}_{name}")
               for name, q in self._quantizers.items()}
         mapping = [(self._variables_by_name[name], value) for name, value in fq.items()]
@@ -317,6 +322,20 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
             raise ValueError(f"{name}: config needs the key 'quantizer'")
         quantizer = deserialize_quantizer(config.pop("quantizer"), f"{name}: quantizer", "activation")
         return cls(quantizer, **config)
+
+
+@contextlib.contextmanager
+def export_form(wrappers):
+    """Within the block, ``wrappers`` compute in their TFLite export form: TensorFlow FakeQuant ops on the
+    already-quantized weights, with the quantizers' scales, that the converter turns into int8 weights."""
+    wrappers = list(wrappers)
+    for w in wrappers:
+        w._export = True
+    try:
+        yield
+    finally:
+        for w in wrappers:
+            w._export = False
 
 
 def _check_fits(q: InferableQuantizer, var, where: str) -> None:

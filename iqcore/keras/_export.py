@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from iqcore.quantizer import InferableQuantizer
+from iqcore._quantizer import InferableQuantizer
 
 
 def symmetric_bound(scale: np.ndarray) -> np.ndarray:
@@ -70,15 +70,15 @@ def export_weight(var, q: InferableQuantizer, name: str, axis: int | None = None
     return tf.transpose(out, inverse)
 
 
-def _is_plain_conv1d(layer) -> bool:
-    """A channels-last, ungrouped Conv1D (the form :func:`_conv1d_as_conv2d` rewrites)."""
+def is_plain_conv1d(layer) -> bool:
+    """A channels-last, ungrouped Conv1D (the form :func:`conv1d_as_conv2d` rewrites)."""
     if type(layer).__name__ != "Conv1D":
         return False
     config = layer.get_config()
     return config.get("data_format", "channels_last") == "channels_last" and config.get("groups", 1) == 1
 
 
-def _conv1d_as_conv2d(layer, inputs, kernel):
+def conv1d_as_conv2d(layer, inputs, kernel):
     """A Conv1D as a Conv2D over a height-1 image, with the FakeQuant on the 4-d kernel (TFLite rejects a
     per-channel FakeQuant followed by the ExpandDims Keras' own Conv1D inserts)."""
     config = layer.get_config()
@@ -95,7 +95,7 @@ def _conv1d_as_conv2d(layer, inputs, kernel):
     return layer.activation(y) if layer.activation is not None else y
 
 
-def _dense_as_conv(layer, inputs, kernel):
+def dense_as_conv(layer, inputs, kernel):
     """A Dense layer as a 1x1 Conv2D: the form in which TFLite accepts per-channel Dense weights."""
     units_in, units_out = kernel.shape[2:]
     x = tf.convert_to_tensor(inputs)

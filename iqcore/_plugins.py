@@ -10,6 +10,7 @@ Plugins are the modules named by entry points in the ``iqcore`` group. Environme
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 import os
 import threading
@@ -20,6 +21,7 @@ import pluggy
 from iqcore import hookspecs
 
 GROUP = "iqcore"
+BUILTIN = "iqcore"  # the plugin name of iqcore's own hook implementations (Keras layers, TFLite export)
 BLOCK_ENV = "IQCORE_BLOCK_PLUGINS"
 STRICT_ENV = "IQCORE_STRICT_PLUGINS"
 
@@ -97,6 +99,13 @@ def _load_entry_point(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoin
     _distributions[ep.name] = Distribution(ep.name, dist, version)
 
 
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """The plugin manager, loading every ``iqcore`` entry point on first call (once per process)."""
     global _pm
@@ -106,6 +115,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
         if _pm is None:
             pm = pluggy.PluginManager(GROUP)
             pm.add_hookspecs(hookspecs)
+            pm.register(importlib.import_module("iqcore._builtins"), name=BUILTIN)
+            _distributions[BUILTIN] = Distribution(BUILTIN, "iqcore", _version("iqcore"))
             blocked = _blocked()
             for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
                 if ep.name in blocked or (ep.dist is not None and ep.dist.name in blocked):

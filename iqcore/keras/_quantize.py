@@ -1,0 +1,453 @@
+"""From a float Keras model to a quantized one: observe, calibrate (each method calibrates itself), rebuild
+with wrappers and holders where an int8 TFLite model rounds, and optionally correct the biases."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore import _registry as registry
+from iqcore import calibration
+from iqcore._quantizer import InferableQuantizer
+from iqcore.keras._graph import clone_layer, copy_weights, graph, input_names, rebuild
+from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, deserialize_quantizer, find_weight
+
+keras = tf.keras
+layers = keras.layers
+
+#: Layers whose outputs stay on their input's grid: no holder after them. Every other layer's output gets one,
+#: as TFLite requantizes every int8 op's output (an average pool included).
+PASS_THROUGH = (
+    layers.InputLayer, layers.Flatten, layers.Reshape, layers.Permute, layers.Dropout, layers.SpatialDropout1D,
+    layers.SpatialDropout2D, layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
+    layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D, layers.Cropping1D,
+    layers.Cropping2D, layers.Cropping3D, ActivationQuantizationHolder,
+)
+
+#: Layers whose ReLU consumer the converter fuses into them (no int8 rounding between the two).
+RELU_FUSING = (layers.Conv1D, layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, layers.Add, layers.Subtract,
+               layers.Multiply)
+
+#: Average pooling keeps its input's grid in int8 TFLite when the output has the input's scale: its holder
+#: takes the upstream holder's quantizer, so the interpreter rounds the average once, as Keras does. Global
+#: average pooling (MEAN) gets a calibrated range of its own (docs/keras.md has the measurements).
+AVERAGING = (layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D)
+
+#: Activations whose int8 TFLite kernels have a fixed output grid (softmax and logistic: step 1/256 from 0;
+#: tanh: step 1/128 around 0), as a half-open range of 2**bits codes.
+FIXED_OUTPUT_RANGES = {"softmax": (0.0, 1.0), "sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+#: Activations TFLite fuses into the op before them; a layer with another one is split by
+#: :func:`split_activations` so that its pre-activation output gets a holder too.
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
+
+
+def _batches(data):
+    """Yield lists of numpy arrays (one per model input) from an array, a tf.data.Dataset or an iterable."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        data = [data]
+    for batch in data:
+        if isinstance(batch, dict):
+            raise TypeError("representative_data batches must be arrays or lists of arrays; got a dict")
+        if isinstance(batch, (list, tuple)):
+            yield [np.asarray(b) for b in batch]
+        else:
+            yield [np.asarray(batch)]
+
+
+def _calibrated(cls, observation, settings, where: str) -> InferableQuantizer:
+    """``cls.calibrate(observation, settings)``, with errors that name the method and ``where``."""
+    try:
+        return cls.calibrate(observation, settings)
+    except NotImplementedError:
+        raise ValueError(
+            f"{where}: method {cls.method!r} ({cls.target}, {cls.__name__}) cannot calibrate itself: the class "
+            "does not implement calibrate(observation, settings); give its quantizers per layer instead "
+            "(weights_quantizers / activation_quantizers), or ask its plugin's author for calibration"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: method {cls.method!r} could not calibrate: {e}") from None
+
+
+def calibrate_weights(weight, method: str, num_bits: int = 8, per_channel: bool = True, axis: int = -1,
+                      narrow_range: bool = True, strategy: str = "minmax") -> InferableQuantizer:
+    """A ``method`` weights quantizer calibrated on ``weight`` by the method itself.
+
+    Args:
+        weight: The float weight array.
+        method: Any installed weights method whose class implements ``calibrate``.
+        num_bits: Bit width.
+        per_channel: One quantizer channel per index of ``axis``.
+        axis: The channel axis (negative from the end allowed).
+        narrow_range: Leave the lowest code unused (int8 TFLite weights need it).
+        strategy: ``"minmax"``, ``"percentile"`` or ``"mse"`` (see :mod:`iqcore.calibration`).
+
+    Raises:
+        ValueError: For an unknown method, an axis outside the weight's rank, or a method that cannot
+            calibrate itself (the message names it).
+    """
+    w = np.asarray(weight)
+    if not -w.ndim <= axis < w.ndim:
+        raise ValueError(f"axis is {axis} for a weight of rank {w.ndim}; allowed: {-w.ndim}..{w.ndim - 1}")
+    observation = calibration.WeightsObservation(w.astype(np.float32), axis % w.ndim if per_channel else None)
+    settings = calibration.Settings(num_bits, strategy, narrow_range)
+    return _calibrated(registry.get_class(method, "weights"), observation, settings, "weights")
+
+
+def calibrate_activation(observed, method: str, num_bits: int = 8, strategy: str = "minmax",
+                         narrow_range: bool = False) -> InferableQuantizer:
+    """A ``method`` activation quantizer calibrated by the method itself.
+
+    Args:
+        observed: An :class:`iqcore.calibration.ActivationObservation`, or an array of observed values.
+        method: Any installed activation method whose class implements ``calibrate``.
+        num_bits: Bit width.
+        strategy: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+        narrow_range: Leave one code unused.
+    """
+    if not isinstance(observed, calibration.ActivationObservation):
+        observed = calibration.ActivationObservation.of(observed)
+    settings = calibration.Settings(num_bits, strategy, narrow_range)
+    return _calibrated(registry.get_class(method, "activation"), observed, settings, "activation")
+
+
+def _activation_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _is_relu(layer) -> bool:
+    if isinstance(layer, layers.ReLU):
+        config = layer.get_config()
+        return not config.get("negative_slope") and not config.get("threshold") and \
+            config.get("max_value") in (None, 6.0)
+    return isinstance(layer, layers.Activation) and _activation_name(layer.activation) in ("relu", "relu6")
+
+
+def _relu_fused(layer, consumer_names, by_name) -> bool:
+    """Whether TFLite fuses the ReLU that alone consumes ``layer``'s output into it (then no holder between)."""
+    return isinstance(layer, RELU_FUSING) and len(consumer_names) == 1 and _is_relu(by_name[consumer_names[0]])
+
+
+def _fixed_range(layer) -> tuple[float, float] | None:
+    if isinstance(layer, layers.Activation):
+        return FIXED_OUTPUT_RANGES.get(_activation_name(layer.activation))
+    return None
+
+
+def _upstream_holder(name, producers, by_name, plan_a):
+    """The holder quantizer planned for the tensor feeding ``name`` (through pass-through layers), or None."""
+    seen = set()
+    while name not in seen:
+        seen.add(name)
+        feeding = producers.get(name, [])
+        if len(feeding) != 1:
+            return None
+        name = feeding[0]
+        if name in plan_a:
+            return plan_a[name]
+        if not isinstance(by_name.get(name), PASS_THROUGH):
+            return None
+    return None
+
+
+def split_activations(model):
+    """A float copy of ``model`` in which each layer with an activation TFLite cannot fuse (anything but
+    linear, relu, relu6) computes linearly and is followed by an ``Activation`` layer named
+    ``"{layer}_{activation}"``; ``model`` itself if there is none. Outputs are unchanged up to float rounding.
+    """
+    split = {}
+    for layer in model.layers:
+        fn = getattr(layer, "activation", None)
+        if fn is None or isinstance(layer, layers.Activation) or _activation_name(fn) in FUSED_ACTIVATIONS:
+            continue
+        split[layer.name] = fn
+    if not split:
+        return model
+
+    def replace(layer):
+        if layer.name not in split:
+            return clone_layer(layer)
+        config = layer.get_config()
+        config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+
+    def insert_after(name):
+        if name not in split:
+            return []
+        return [layers.Activation(split[name], name=f"{name}_{_activation_name(split[name])}")]
+
+    new = rebuild(model, replace, insert_after)
+    copy_weights(model, new)
+    return new
+
+
+@dataclasses.dataclass
+class _Observed:
+    """Running statistics of one tensor over the representative data."""
+
+    low: float = np.inf
+    high: float = -np.inf
+    total: float = 0.0
+    count: int = 0
+    channel_sum: np.ndarray | None = None
+    channel_count: int = 0
+    samples: list = dataclasses.field(default_factory=list)
+
+    def add(self, values: np.ndarray, keep_samples: bool, channel_means: bool, seed: int) -> None:
+        self.low = min(self.low, float(values.min()))
+        self.high = max(self.high, float(values.max()))
+        self.total += float(values.sum(dtype=np.float64))
+        self.count += values.size
+        if channel_means and values.ndim >= 2:
+            flat = values.reshape(-1, values.shape[-1])
+            sums = flat.sum(axis=0, dtype=np.float64)
+            self.channel_sum = sums if self.channel_sum is None else self.channel_sum + sums
+            self.channel_count += flat.shape[0]
+        if keep_samples:
+            self.samples.append(calibration.subsample(values, calibration.MAX_SAMPLES, seed))
+
+    def observation(self, fixed=None) -> calibration.ActivationObservation:
+        if fixed is not None:
+            return calibration.ActivationObservation(*fixed, fixed_range=True)
+        samples = calibration.subsample(np.concatenate(self.samples), calibration.MAX_SAMPLES) if self.samples \
+            else np.zeros(0, np.float32)
+        return calibration.ActivationObservation(self.low, self.high, samples, self.total / max(self.count, 1))
+
+    def channel_mean(self) -> np.ndarray | None:
+        return None if self.channel_sum is None else self.channel_sum / max(self.channel_count, 1)
+
+
+class _Progress:
+    """A Keras progress bar over the calibration batches, shown when ``verbose`` and the pass takes a while."""
+
+    DELAY = 2.0
+
+    def __init__(self, verbose: int, total: int | None):
+        self.verbose, self.total, self.start, self.bar = verbose, total, time.perf_counter(), None
+
+    def update(self, done: int) -> None:
+        if not self.verbose:
+            return
+        if self.bar is None and time.perf_counter() - self.start > self.DELAY:
+            self.bar = keras.utils.Progbar(self.total, unit_name="batch")
+        if self.bar is not None:
+            self.bar.update(done)
+
+
+def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples: bool, verbose: int
+             ) -> tuple[dict[str, _Observed], dict[str, _Observed]]:
+    """One pass over ``data``: statistics of the named layers' outputs (a model input's name for that input)
+    and of the inputs of the layers in ``inputs_of`` (with per-channel means, for bias correction)."""
+    by_name = {layer.name: layer for layer in model.layers}
+    names = input_names(model)
+
+    def tensor(n):
+        return model.inputs[names.index(n)] if n in names else by_name[n].output
+
+    tensors = [tensor(n) for n in outputs] + [by_name[n].input for n in inputs_of]
+    probe_inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(probe_inputs, tensors)
+    seen_out = {n: _Observed() for n in outputs}
+    seen_in = {n: _Observed() for n in inputs_of}
+    slots = [seen_out[n] for n in outputs] + [seen_in[n] for n in inputs_of]
+    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (np.ndarray, tf.Tensor)) else None
+    progress = _Progress(verbose, total)
+    batches = 0
+    for batches, batch in enumerate(_batches(data), start=1):
+        outs = probe(batch if len(batch) > 1 else batch[0], training=False)
+        if not isinstance(outs, (list, tuple)):
+            outs = [outs]
+        for i, (slot, out) in enumerate(zip(slots, outs)):
+            slot.add(np.asarray(out), keep_samples and i < len(outputs), i >= len(outputs), seed=batches)
+        progress.update(batches)
+    if not batches:
+        raise ValueError("representative_data is empty; allowed: at least one batch of model inputs")
+    return seen_out, seen_in
+
+
+def _holder_targets(model, plan_a, quantize_inputs: bool) -> list[str]:
+    """The layers (and model inputs) whose output gets a calibrated holder: every layer whose int8 TFLite op
+    requantizes its output, unless a fused ReLU follows it."""
+    _, consumers = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    targets = [layer.name for layer in model.layers
+               if layer.name not in plan_a and not isinstance(layer, PASS_THROUGH)
+               and not _relu_fused(layer, consumers.get(layer.name, []), by_name)]
+    if quantize_inputs:
+        targets = [n for n in input_names(model) if n not in plan_a] + targets
+    return targets
+
+
+def _plan_activations(model, targets, observed, plan_a, method, settings) -> None:
+    producers, _ = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    cls = registry.get_class(method, "activation")
+    for n in targets:
+        layer = by_name.get(n)
+        if isinstance(layer, AVERAGING) and _upstream_holder(n, producers, by_name, plan_a) is not None:
+            plan_a[n] = _upstream_holder(n, producers, by_name, plan_a)
+            continue
+        fixed = _fixed_range(layer)
+        observation = observed[n].observation(fixed)
+        plan_a[n] = _calibrated(cls, observation, settings, f"activation of {n!r}")
+
+
+def _plan_weights(model, weights_quantizers, method, per_channel, settings) -> dict[str, dict]:
+    plan: dict[str, dict] = {}
+    cls = registry.get_class(method, "weights") if method is not None else None
+    for layer in model.layers:
+        if layer.name in weights_quantizers:
+            plan[layer.name] = dict(weights_quantizers[layer.name])
+            continue
+        info = registry.layer_info(layer) if cls is not None and layer.weights else None
+        if info is None:
+            continue
+        plan[layer.name] = {}
+        for spec in info.weights:
+            value = find_weight(layer, spec.name).numpy()
+            axis = spec.channel_axis % value.ndim if per_channel else None
+            observation = calibration.WeightsObservation(value.astype(np.float32), axis)
+            plan[layer.name][spec.name] = _calibrated(cls, observation, settings, f"layer {layer.name!r}")
+    return plan
+
+
+def _bias_shift(spec, kernel: np.ndarray, quantized: np.ndarray, input_mean: np.ndarray) -> np.ndarray | None:
+    """The mean output shift ``(quantized - kernel) . E[input]`` per output channel, or None if the layer's
+    kernel has no input-channel axis registered or the shapes do not match."""
+    if spec.input_axis is None:
+        return None
+    rank = kernel.ndim
+    in_axis, out_axis = spec.input_axis % rank, spec.channel_axis % rank
+    if kernel.shape[in_axis] != input_mean.size:
+        return None
+    layout = [1] * rank
+    layout[in_axis] = -1
+    weighted = (quantized.astype(np.float64) - kernel) * input_mean.reshape(layout)
+    if in_axis == out_axis:  # depthwise: output channel (input channel, multiplier) is the trailing pair
+        return weighted.sum(axis=tuple(range(rank - 2))).reshape(-1)
+    return weighted.sum(axis=tuple(i for i in range(rank) if i != out_axis))
+
+
+def _correct_biases(model, new, plan_w, input_stats) -> int:
+    """Subtract each wrapped layer's mean output shift from its bias; returns the layers corrected."""
+    corrected = 0
+    by_name = {layer.name: layer for layer in model.layers}
+    for wrapper in (layer for layer in new.layers if isinstance(layer, QuantizationWrapper)):
+        original = by_name.get(wrapper.layer.name)
+        info = registry.layer_info(original) if original is not None else None
+        mean = input_stats.get(wrapper.layer.name)
+        if info is None or mean is None or mean.channel_mean() is None or not getattr(original, "use_bias", False):
+            continue
+        shift = None
+        for spec in info.weights:
+            q = plan_w[original.name].get(spec.name)
+            if q is None:
+                continue
+            kernel = find_weight(original, spec.name).numpy()
+            shift = _bias_shift(spec, kernel, q.reference(kernel.astype(np.float32)), mean.channel_mean())
+        bias = find_weight(wrapper.layer, "bias")
+        if shift is None or shift.shape != tuple(bias.shape):
+            continue
+        bias.assign((bias.numpy().astype(np.float64) - shift).astype(bias.dtype.as_numpy_dtype))
+        corrected += 1
+    return corrected
+
+
+def _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
+                     bias_correction) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a Keras model; got {type(model).__name__}")
+    if not model.built:
+        raise ValueError("model is not built; allowed: a model with known input shapes (give it an Input)")
+    names = {layer.name for layer in model.layers} | set(input_names(model))
+    unknown = sorted((set(weights_quantizers) | set(activation_quantizers)) - names)
+    if unknown:
+        raise ValueError(f"unknown layer names {unknown}; allowed: {sorted(names)}")
+    if (activation_method is not None or bias_correction) and representative_data is None:
+        needs = "activation_method" if activation_method is not None else "bias_correction"
+        raise ValueError(f"{needs} needs representative_data (batches of model inputs) to observe the activations")
+
+
+def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *, weights_method=None,
+                   weights_bits: int = 8, per_channel: bool = True, weights_strategy: str = "minmax",
+                   activation_method=None, activation_bits: int = 8, activation_strategy: str = "minmax",
+                   representative_data=None, quantize_inputs: bool = True, bias_correction: bool = False,
+                   verbose: int = 1):
+    """A quantized copy of a float Keras model (the float model is left untouched).
+
+    Either give quantizers per layer, or methods and bit widths and let each method calibrate itself:
+
+    * weights: each weight of a registered layer type (Conv1D/2D/3D, DepthwiseConv2D, Conv2DTranspose, Dense,
+      and whatever plugins add through the ``register_layers`` hook, subclasses included) gets a
+      ``weights_method`` quantizer (narrow range, per output channel unless ``per_channel=False``);
+    * activations: an :class:`ActivationQuantizationHolder` after each model input (``quantize_inputs``) and
+      after every layer whose int8 TFLite op requantizes its output (not after reshapes, max pooling,
+      dropout, nor between an op and the ReLU TFLite fuses into it), calibrated on the float model's outputs
+      over ``representative_data`` in one pass;
+    * ``bias_correction``: each quantized layer's bias absorbs the mean output shift its quantized weights
+      cause, ``(W_q - W) . E[x]``, with ``E[x]`` the per-channel mean of the layer's input over the data.
+
+    Args:
+        model: A built Sequential or Functional model.
+        weights_quantizers: ``{layer name: {weight name: quantizer}}``; overrides ``weights_method`` per layer.
+        activation_quantizers: ``{layer name: quantizer}`` for the holder after that layer (an input layer's
+            name for a model input); overrides ``activation_method`` per layer.
+        weights_method: Any installed weights method (``"symmetric"``, ``"pot"``, ``"uniform"``, a plugin's),
+            or None to quantize only the layers in ``weights_quantizers``.
+        weights_bits: Weight bit width.
+        per_channel: One quantizer channel per output channel.
+        weights_strategy: ``"minmax"``, ``"percentile"`` or ``"mse"`` (see :mod:`iqcore.calibration`).
+        activation_method: Activation method, or None for holders only where ``activation_quantizers`` says.
+        activation_bits: Activation bit width.
+        activation_strategy: As ``weights_strategy``, for the holders.
+        representative_data: Batches of inputs (an array, a list of batches, or a tf.data.Dataset).
+        quantize_inputs: With ``activation_method``, also put a holder after each model input.
+        bias_correction: Correct the biases of quantized layers (needs ``representative_data``).
+        verbose: 0 silences the progress bar shown when calibration takes more than a few seconds.
+
+    Returns:
+        A new Keras model with :class:`QuantizationWrapper` and :class:`ActivationQuantizationHolder` layers.
+
+    Raises:
+        ValueError: For unknown layer names or strategies, a method without ``representative_data``, a method
+            that cannot calibrate itself, or a model type this helper cannot rebuild.
+    """
+    weights_quantizers = dict(weights_quantizers or {})
+    activation_quantizers = dict(activation_quantizers or {})
+    calibration.check_strategy("weights_strategy", weights_strategy)
+    calibration.check_strategy("activation_strategy", activation_strategy)
+    _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
+                     bias_correction)
+    if activation_method is not None:
+        model = split_activations(model)
+    plan_w = _plan_weights(model, weights_quantizers, weights_method, per_channel,
+                           calibration.Settings(weights_bits, weights_strategy, True))
+    plan_a: dict[str, InferableQuantizer] = dict(activation_quantizers)
+    targets = _holder_targets(model, plan_a, quantize_inputs) if activation_method is not None else []
+    corrected_layers = [n for n in plan_w if bias_correction]
+    if targets or corrected_layers:
+        observed, inputs = _observe(model, targets, corrected_layers, representative_data,
+                                    activation_strategy != "minmax", verbose)
+    if targets:
+        _plan_activations(model, targets, observed, plan_a, activation_method,
+                          calibration.Settings(activation_bits, activation_strategy, False))
+    for n, q in plan_a.items():
+        deserialize_quantizer(q, f"activation_quantizers[{n!r}]", "activation")
+
+    def wrap(layer):
+        clone = clone_layer(layer)
+        if layer.name in plan_w:
+            return QuantizationWrapper(clone, plan_w[layer.name], name=f"{layer.name}_quantized")
+        return clone
+
+    def holders(name):
+        return [ActivationQuantizationHolder(plan_a[name], name=f"{name}_activation")] if name in plan_a else []
+
+    new = rebuild(model, wrap, holders, f"{model.name}_quantized")
+    copy_weights(model, new)
+    if corrected_layers:
+        _correct_biases(model, new, plan_w, inputs)
+    return new
