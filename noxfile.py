@@ -19,14 +19,15 @@ def tests(session):
 # Each row is (python, tensorflow-cpu, keras requirement, legacy): a pair, not a cross product, with Keras pinned
 # per row. ``legacy`` rows run Keras 2 on TF >= 2.16 through tf-keras and TF_USE_LEGACY_KERAS=1.
 # nox finds each interpreter as ``pythonX.Y`` on PATH; with pyenv, expose them all first, e.g.
-#   PYENV_VERSION=3.13.0:3.12.1:3.11.7 nox -s matrix
+#   PYENV_VERSION=3.13.0:3.12.1:3.11.7:3.10.13 nox -s matrix
 MATRIX = [
+    ("3.10", "2.21.0", "keras==3.15.1", False),
     ("3.11", "2.15.1", "keras==2.15.0", False),
     ("3.12", "2.16.2", "keras==3.3.3", False),
     ("3.13", "2.21.0", "keras==3.15.1", False),
     ("3.12", "2.21.0", "tf-keras==2.21.0", True),
 ]
-MATRIX_IDS = ["tf2.15-keras2", "tf2.16-keras3", "tf2.21-keras3", "tf2.21-tf_keras"]
+MATRIX_IDS = ["py3.10-tf2.21-keras3", "tf2.15-keras2", "tf2.16-keras3", "tf2.21-keras3", "tf2.21-tf_keras"]
 
 
 @nox.session
@@ -45,17 +46,15 @@ def matrix(session, tensorflow, keras, legacy):
 @nox.session(python="3.11")
 def lint(session):
     """ruff on every Python file of the repository."""
-    session.install("ruff")
+    session.install("-e", ".[lint]")
     session.run("ruff", "check", ".")
 
 
 @nox.session(python="3.11")
 def typecheck(session):
     """mypy on iqcore and the plugins (TensorFlow is untyped: its imports are ignored)."""
-    session.install("mypy", "numpy", "pluggy", "-e", ".", *PLUGINS)
-    session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent", "iqcore",
-                "plugins/iq-pot/iq_pot", "plugins/iq-symmetric/iq_symmetric",
-                "plugins/iq-uniform/iq_uniform", "examples/iq-lut/iq_lut")
+    session.install("-e", ".[lint]", *PLUGINS)
+    session.run("mypy")  # files and options: [tool.mypy] in pyproject.toml
 
 
 @nox.session(python="3.11")

@@ -47,9 +47,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TQDM_DISABLE", "1")  # MCT's progress bars

@@ -126,6 +126,7 @@ def main(argv=None):
             for _ in range(args.calls):
                 fn(x)
             times[name].append((time.perf_counter() - start) / args.calls)
+    ratios = {n: [a / b for a, b in zip(t, times["float"], strict=True)] for n, t in times.items() if n != "float"}
     result = {
         "model_params": int(model.count_params()),
         "batch": 1,
@@ -134,15 +135,10 @@ def main(argv=None):
         "keras_3": iqcore.keras.KERAS_3,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "ms_per_call_median": {n: statistics.median(t) * 1e3 for n, t in times.items()},
-        "ratio_to_float_median": {
-            n: statistics.median(a / b for a, b in zip(t, times["float"])) for n, t in times.items() if n != "float"
-        },
+        "ratio_to_float_median": {n: statistics.median(ratios[n]) for n in ratios},
         "ms_per_call_best_round": {n: min(t) * 1e3 for n, t in times.items()},
         "ratio_of_best_rounds_to_float": {n: min(t) / min(times["float"]) for n, t in times.items() if n != "float"},
-        "ratio_to_float_min_max": {
-            n: [min(a / b for a, b in zip(t, times["float"])), max(a / b for a, b in zip(t, times["float"]))]
-            for n, t in times.items() if n != "float"
-        },
+        "ratio_to_float_min_max": {n: [min(ratios[n]), max(ratios[n])] for n in ratios},
         "rounds": args.rounds,
         "calls_per_round": args.calls,
     }

@@ -16,10 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 import run  # noqa: E402
-
+import tensorflow as tf  # noqa: E402
 
 MEMORY_SHAPE = (4, 4, 1024, 1024)
 MEMORY_SHAPE_QUICK = (4, 4, 512, 512)
@@ -51,19 +49,19 @@ def main() -> None:
         perm = [i for i in range(len(shape)) if i != axis] + [axis]
         x_op = tf.constant(np.ascontiguousarray(np.transpose(x_np, perm)))
         del x_np
-        cands = [("iqcore", "eager", lambda t: q(t), x)]
+        cands = [("iqcore", "eager", lambda t, q=q: q(t), x)]
         if not quick:
-            cands.append(("iqcore", "graph", run.in_mode(lambda t: q(t), "graph"), x))
+            cands.append(("iqcore", "graph", run.in_mode(lambda t, q=q: q(t), "graph"), x))
         cands.append(("tf_op", "eager", run.raw_op(q.grid), x_op))
         if m is not None:
-            cands.append(("mct", "eager", lambda t: m(t), x))
+            cands.append(("mct", "eager", lambda t, m=m: m(t), x))
         for name, mode, fn, arg in cands:
             out["cases"].append({"config": config, "mode": mode, "candidate": name,
                                  "extra_over_tensor": round(extra(fn, arg), 3)})
         # The very first call of a new quantizer, no warm-up (compiling, for a tensor this large).
         fresh, _, _ = run.build(config, shape)
         out["cases"].append({"config": config, "mode": "eager, first call", "candidate": "iqcore",
-                             "extra_over_tensor": round(extra(lambda t: fresh(t), x, warm_up=0), 3)})
+                             "extra_over_tensor": round(extra(lambda t, fresh=fresh: fresh(t), x, warm_up=0), 3)})
         del x, x_op
         gc.collect()
     print(json.dumps(out))

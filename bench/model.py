@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 import timing  # noqa: E402
 
 
@@ -52,7 +51,7 @@ def main() -> None:
     f_quant = tf.function(lambda t: qmodel(t, training=False), autograph=False)
     for batch in (1, 8):
         x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
-        times = timing.interleaved({"float": lambda: f_float(x), "quantized": lambda: f_quant(x)},
+        times = timing.interleaved({"float": lambda x=x: f_float(x), "quantized": lambda x=x: f_quant(x)},
                                    5 if quick else 11, 0.05 if quick else 0.1)
         out["cases"].append({"batch": batch, "ratio": timing.ratio(times, "quantized", "float"),
                              "float_ms": statistics.median(times["float"]) * 1e3,

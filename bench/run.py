@@ -27,7 +27,6 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 import timing  # noqa: E402
 
 import iqcore  # noqa: E402

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def _time_once(fn: Callable[[], object], n: int) -> float:
@@ -48,5 +48,5 @@ def ratio(times: dict[str, list[float]], num: str, den: str) -> dict[str, float]
     """Median, min and max over rounds of ``times[num][i] / times[den][i]``."""
     if num not in times or den not in times:
         return None
-    r = [a / b for a, b in zip(times[num], times[den])]
+    r = [a / b for a, b in zip(times[num], times[den], strict=True)]
     return {"median": statistics.median(r), "min": min(r), "max": max(r)}

@@ -9,7 +9,6 @@ through entry points on first use; ``iqcore.list_quantizers()`` shows what is in
 """
 
 from iqcore import keras_inferable_quantizers
-from iqcore.hookspecs import hookimpl
 from iqcore._plugins import PluginError, PluginWarning
 from iqcore._quantizer import (
     InferableQuantizer,
@@ -18,6 +17,7 @@ from iqcore._quantizer import (
     ThresholdWeightsQuantizer,
 )
 from iqcore._registry import QuantizerInfo, get_quantizer, list_quantizers
+from iqcore.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

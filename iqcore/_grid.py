@@ -231,7 +231,7 @@ def probe_values(grid: Grid, max_ties: int = 512, seed: int = 0) -> list[np.ndar
     rng = np.random.default_rng(seed)
     probes = []
     for scale, nmin, nmax, qz in zip(*(np.atleast_1d(a) for a in (grid.scale, grid.nudged_min, grid.nudged_max,
-                                                                   grid.quant_zero))):
+                                                                   grid.quant_zero)), strict=True):
         levels = 2**grid.num_bits - 1 - int(grid.narrow_range)
         k = np.arange(levels, dtype=np.float64)
         if levels > max_ties:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -110,7 +110,8 @@ def as_float_tensor(x, name: str = "x") -> tf.Tensor:
         try:
             x = tf.convert_to_tensor(x)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a float tensor or convertible to one; got {type(x).__name__}: {e}")
+            raise TypeError(
+                f"{name} must be a float tensor or convertible to one; got {type(x).__name__}: {e}") from None
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} has dtype {x.dtype.name}; allowed: float16, bfloat16, float32, float64 "
@@ -313,7 +314,7 @@ def _eager_caller(x: tf.Tensor, params: tuple, axis: int, last: bool):
     return fast
 
 
-_plans: "weakref.WeakKeyDictionary[Grid, _Plan]" = weakref.WeakKeyDictionary()
+_plans: weakref.WeakKeyDictionary[Grid, _Plan] = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
 
 

@@ -33,8 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from iqcore import _grid as grid_lib
-from iqcore import calibration
 from iqcore import _validation as v
+from iqcore import calibration
 
 CONFIG_VERSION = 1
 TARGETS = ("weights", "activation")
@@ -251,6 +251,11 @@ class InferableQuantizer(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+def can_calibrate(cls: type[InferableQuantizer]) -> bool:
+    """Whether ``cls`` implements :meth:`InferableQuantizer.calibrate` (the base only refuses)."""
+    return cls.calibrate.__func__ is not InferableQuantizer.calibrate.__func__  # type: ignore[attr-defined]
+
+
 def threshold_range(thresholds: list[float], num_bits: int, signed: bool, narrow_range: bool):
     """The float64 range of a threshold grid (see the module docstring), one entry per threshold."""
     t = np.asarray(thresholds, dtype=np.float64)
@@ -369,7 +374,7 @@ def check_ranges(min_range, max_range, per_channel: bool) -> tuple[list[float], 
         raise ValueError(
             f"min_range has {len(lows)} values and max_range {len(highs)}; allowed: the same number of values"
         )
-    for i, (lo, hi) in enumerate(zip(lows, highs)):
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
         if not lo < hi:
             raise ValueError(f"min_range[{i}]={lo!r} is not below max_range[{i}]={hi!r}; allowed: min < max")
     return lows, highs

@@ -288,6 +288,17 @@ def get_exporter(name: str) -> Exporter:
     return found[name].exporter
 
 
+def refresh() -> None:
+    """Rebuild the registries from the hooks on next use, keeping the loaded plugins (after registering a
+    plugin object by hand, as tests do)."""
+    global _entries, _layers, _exporters
+    with _lock:
+        _entries = None
+        _layers = None
+        _exporters = None
+        _conflicts.clear()
+
+
 def reset() -> None:
     """Forget the registries and the plugins (for tests)."""
     global _entries, _layers, _exporters

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("pot", "symmetric", "uniform")
 CALIBRATION_SAMPLES = 256
 
 
@@ -269,6 +268,103 @@ def convert_in_child(jobs: list[tuple[str, str, str]], on_result=None) -> dict[s
     return results
 
 
+def demo_methods() -> list[str]:
+    """Every installed method with both a weights and an activation quantizer that calibrate themselves."""
+    from iqcore import _registry as registry
+    from iqcore._quantizer import can_calibrate
+
+    targets: dict[str, set[str]] = {}
+    for info in registry.list_quantizers():
+        if can_calibrate(info.cls):
+            targets.setdefault(info.method, set()).add(info.target)
+    return sorted(m for m, t in targets.items() if t == {"weights", "activation"})
+
+
+def train_float_model(keras, seed: int, epochs: int, progress: Progress):
+    """The float CNN trained on the digits; returns ``(model, data, float logits on the test images)``."""
+    data = load_digits(seed)
+    x_train, y_train, x_test, _ = data
+    keras.utils.set_random_seed(seed)
+    model = build_model(keras)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0,
+              callbacks=[_epoch_callback(keras, progress, epochs)])
+    return model, data, np.asarray(model(x_test, training=False))
+
+
+def quantize_all(iqkeras, model, data, float_logits, methods, bits, keep_bits, progress: Progress):
+    """Each method at each bit width, weights and activations; returns ``(rows, {method: kept model})``."""
+    x_train, _, x_test, y_test = data
+    calibration = [x_train[i:i + 64] for i in range(0, CALIBRATION_SAMPLES, 64)]
+    rows, kept = [], {}
+    for method in methods:
+        for b in bits:
+            qmodel = iqkeras.quantize_model(model, weights_method=method, weights_bits=b, activation_method=method,
+                                            activation_bits=b, representative_data=calibration, verbose=0)
+            logits = np.asarray(qmodel(x_test, training=False))
+            rows.append({"method": method, "bits": b, "accuracy": accuracy(logits, y_test),
+                         "sqnr_db": sqnr_db(float_logits, logits)})
+            if b == keep_bits:
+                kept[method] = (qmodel, logits)
+            progress.say(f"      {method:<9} {b} bits: accuracy {rows[-1]['accuracy']:.4f}, "
+                         f"SQNR {rows[-1]['sqnr_db']:.2f} dB")
+    return rows, kept
+
+
+def save_and_reload(kept, x_test, out_dir: str, keep_bits: int, progress: Progress) -> dict[str, Any]:
+    """Save each kept model as ``.keras`` and check that :func:`iqcore.load_model` gives identical outputs."""
+    import iqcore
+
+    saved = {}
+    for method, (qmodel, logits) in kept.items():
+        path = os.path.join(out_dir, f"digits_{method}_{keep_bits}bit.keras")
+        qmodel.save(path)
+        reloaded = iqcore.load_model(path)
+        same = bool(np.array_equal(np.asarray(reloaded(x_test, training=False)), logits))
+        saved[method] = {"path": path, "reloaded_outputs_identical": same}
+        progress.say(f"      {path}: reloaded outputs {'identical' if same else 'DIFFER'}")
+    return saved
+
+
+def convert_all(kept, saved, data, out_dir: str, keep_bits: int, progress: Progress) -> dict[str, Any]:
+    """Convert each saved model to int8 TFLite (in a child process) and run the interpreter on the test set."""
+    _, _, x_test, y_test = data
+    jobs = [(method, saved[method]["path"], os.path.join(out_dir, f"digits_{method}_{keep_bits}bit_int8.tflite"))
+            for method in kept]
+    results = {}
+    converted = convert_in_child(jobs, on_result=lambda m: progress.say(f"      {m}: conversion finished"))
+    for method, outcome in converted.items():
+        logits = kept[method][1]
+        entry: dict[str, Any] = dict(outcome)
+        if "path" in outcome:
+            with open(outcome["path"], "rb") as f:
+                flatbuffer = f.read()
+            with quiet():
+                lite = tflite_logits(flatbuffer, x_test)
+            entry.update(accuracy=accuracy(lite, y_test), keras_accuracy=accuracy(logits, y_test),
+                         argmax_agreement=float(np.mean(np.argmax(lite, -1) == np.argmax(logits, -1))))
+            progress.say(f"      {entry['path']} ({entry['bytes']} bytes): interpreter accuracy "
+                         f"{entry['accuracy']:.4f} (Keras {entry['keras_accuracy']:.4f}, same prediction on "
+                         f"{100 * entry['argmax_agreement']:.1f}% of images)")
+        else:
+            progress.say(f"      {method}: not converted: {entry['refused']}")
+        results[method] = entry
+    return results
+
+
+def _summary(results: dict[str, Any], stream) -> None:
+    print("\n" + _table(results["quantized"], results["float_accuracy"]), file=stream)
+    print("\nTFLite int8 (interpreter):", file=stream)
+    for method, entry in results["tflite"].items():
+        if "accuracy" in entry:
+            print(f"  {method:<10} accuracy {entry['accuracy']:.4f}  {entry['path']}", file=stream)
+        else:
+            print(f"  {method:<10} not converted: {entry['refused']}", file=stream)
+    print(f"\nplot: {results['plot']}\nresults: {os.path.join(os.path.dirname(results['plot']), 'results.json')}\n"
+          f"done in {results['seconds']:.1f} s", file=stream, flush=True)
+
+
 def run(out_dir: str = "iqcore-demo", seed: int = 0, epochs: int = 30, bits: tuple[int, ...] = (8, 6, 4),
         stream=None) -> dict[str, Any]:
     """Run the demo (see the module docstring) and return its figures (also in ``out_dir/results.json``).
@@ -292,91 +388,32 @@ def run(out_dir: str = "iqcore-demo", seed: int = 0, epochs: int = 30, bits: tup
     except ImportError as e:
         raise DemoError(f"the Keras integration (iqcore.keras) is not available ({e}): the demo needs it to "
                         "quantize, save and convert models") from None
-    import iqcore
-
-    keras = iqkeras.keras
-    results: dict[str, Any] = {"seed": seed, "epochs": epochs, "bits": list(bits),
+    methods = demo_methods()
+    if not methods:
+        raise DemoError("no installed method quantizes both weights and activations: pip install iq-symmetric")
+    results: dict[str, Any] = {"seed": seed, "epochs": epochs, "bits": list(bits), "methods": methods,
                                "tensorflow": tf.__version__, "keras_3": bool(iqkeras.KERAS_3)}
 
     progress.step(f"training the float CNN on scikit-learn digits ({epochs} epochs)")
-    x_train, y_train, x_test, y_test = load_digits(seed)
-    keras.utils.set_random_seed(seed)
-    model = build_model(keras)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0,
-              callbacks=[_epoch_callback(keras, progress, epochs)])
-    float_logits = np.asarray(model(x_test, training=False))
-    float_acc = accuracy(float_logits, y_test)
-    results.update(float_accuracy=float_acc, train_samples=len(x_train), test_samples=len(x_test))
-    progress.say(f"      float test accuracy {float_acc:.4f} on {len(x_test)} images")
+    model, data, float_logits = train_float_model(iqkeras.keras, seed, epochs, progress)
+    float_acc = accuracy(float_logits, data[3])
+    results.update(float_accuracy=float_acc, train_samples=len(data[0]), test_samples=len(data[2]))
+    progress.say(f"      float test accuracy {float_acc:.4f} on {len(data[2])} images")
 
-    progress.step(f"quantizing weights and activations: {len(METHODS)} methods x {len(bits)} bit widths")
-    calibration = [x_train[i:i + 64] for i in range(0, CALIBRATION_SAMPLES, 64)]
-    rows, kept = [], {}
-    for method in METHODS:
-        for b in bits:
-            with warnings.catch_warnings():  # Keras 3 notes calibration batches' structure: harmless here
-                warnings.simplefilter("ignore", UserWarning)
-                qmodel = iqkeras.quantize_model(model, weights_method=method, weights_bits=b,
-                                                activation_method=method, activation_bits=b,
-                                                representative_data=calibration)
-            logits = np.asarray(qmodel(x_test, training=False))
-            rows.append({"method": method, "bits": b, "accuracy": accuracy(logits, y_test),
-                         "sqnr_db": sqnr_db(float_logits, logits)})
-            if b == keep_bits:
-                kept[method] = (qmodel, logits)
-            progress.say(f"      {method:<9} {b} bits: accuracy {rows[-1]['accuracy']:.4f}, "
-                         f"SQNR {rows[-1]['sqnr_db']:.2f} dB")
-    results["quantized"] = rows
+    progress.step(f"quantizing weights and activations: {len(methods)} methods x {len(bits)} bit widths")
+    results["quantized"], kept = quantize_all(iqkeras, model, data, float_logits, methods, bits, keep_bits, progress)
 
     progress.step(f"saving the {keep_bits}-bit models as .keras and reloading them with iqcore.load_model")
-    results["saved"] = {}
-    for method, (qmodel, logits) in kept.items():
-        path = os.path.join(out_dir, f"digits_{method}_{keep_bits}bit.keras")
-        qmodel.save(path)
-        reloaded = iqcore.load_model(path)
-        same = bool(np.array_equal(np.asarray(reloaded(x_test, training=False)), logits))
-        results["saved"][method] = {"path": path, "reloaded_outputs_identical": same}
-        progress.say(f"      {path}: reloaded outputs {'identical' if same else 'DIFFER'}")
+    results["saved"] = save_and_reload(kept, data[2], out_dir, keep_bits, progress)
 
     progress.step(f"converting the {keep_bits}-bit models to int8 TFLite and running the interpreter")
-    jobs = [(method, results["saved"][method]["path"],
-             os.path.join(out_dir, f"digits_{method}_{keep_bits}bit_int8.tflite")) for method in kept]
-    results["tflite"] = {}
-    converted = convert_in_child(jobs, on_result=lambda m: progress.say(f"      {m}: conversion finished"))
-    for method, outcome in converted.items():
-        logits = kept[method][1]
-        entry: dict[str, Any] = dict(outcome)
-        if "path" in outcome:
-            with open(outcome["path"], "rb") as f:
-                flatbuffer = f.read()
-            with quiet():
-                lite = tflite_logits(flatbuffer, x_test)
-            entry.update(accuracy=accuracy(lite, y_test), keras_accuracy=accuracy(logits, y_test),
-                         argmax_agreement=float(np.mean(np.argmax(lite, -1) == np.argmax(logits, -1))))
-            progress.say(f"      {entry['path']} ({entry['bytes']} bytes): interpreter accuracy "
-                         f"{entry['accuracy']:.4f} (Keras {entry['keras_accuracy']:.4f}, same prediction on "
-                         f"{100 * entry['argmax_agreement']:.1f}% of images)")
-        else:
-            progress.say(f"      {method}: not converted: {entry['refused']}")
-        results["tflite"][method] = entry
+    results["tflite"] = convert_all(kept, results["saved"], data, out_dir, keep_bits, progress)
 
     progress.step("plotting accuracy and SQNR against bits")
-    plot_path = os.path.join(out_dir, "accuracy_vs_bits.png")
-    plot(rows, float_acc, plot_path)
-    results["plot"] = plot_path
+    results["plot"] = os.path.join(out_dir, "accuracy_vs_bits.png")
+    plot(results["quantized"], float_acc, results["plot"])
     results["seconds"] = round(progress.elapsed(), 1)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
-
-    print("\n" + _table(rows, float_acc), file=stream)
-    print("\nTFLite int8 (interpreter):", file=stream)
-    for method, entry in results["tflite"].items():
-        if "accuracy" in entry:
-            print(f"  {method:<10} accuracy {entry['accuracy']:.4f}  {entry['path']}", file=stream)
-        else:
-            print(f"  {method:<10} not converted: {entry['refused']}", file=stream)
-    print(f"\nplot: {plot_path}\nresults: {os.path.join(out_dir, 'results.json')}\n"
-          f"done in {results['seconds']:.1f} s", file=stream, flush=True)
+    _summary(results, stream)
     return results

@@ -135,7 +135,7 @@ class QuantizerConformance:
             class that is not registered by an entry point).
     """
 
-    quantizer_class: ClassVar[type]
+    quantizer_class: ClassVar[type[InferableQuantizer]]
     valid_params: ClassVar[list[dict[str, Any]]] = []
     invalid_params: ClassVar[list[dict[str, Any]]] = []
     registered: ClassVar[bool] = True
@@ -249,7 +249,7 @@ class QuantizerConformance:
         model = small_model(iqkeras.keras)
         data = [np.random.default_rng(i).uniform(-1, 1, (8, 6, 6, 2)).astype(np.float32) for i in range(2)]
         bits = self.calibration_settings.num_bits
-        kwargs = ({"weights_method": cls.method, "weights_bits": bits} if cls.target == "weights" else
+        kwargs: dict[str, Any] = ({"weights_method": cls.method, "weights_bits": bits} if cls.target == "weights" else
                   {"activation_method": cls.method, "activation_bits": bits, "representative_data": data})
         if not self.calibrates:
             with pytest.raises(ValueError, match=f"method {cls.method!r}.*cannot calibrate itself"):
@@ -284,7 +284,7 @@ class QuantizerConformance:
         reloaded = run_reload_in_fresh_process(jobs)
         for name, before, after in zip(names, expected, reloaded, strict=True):
             check(len(after) == len(before), f"{name}: {len(after)} arrays after reloading, {len(before)} before")
-            for j, (a, e) in enumerate(zip(after, before, strict=False)):
+            for j, (a, e) in enumerate(zip(after, before, strict=True)):
                 what = "output" if j == 0 else f"weight {j - 1}"
                 check_identical(a, e, f"{name}: {what} after reloading in a fresh process")
 

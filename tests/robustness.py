@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -9,11 +9,11 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import MODES, mismatches, run
 from hypothesis import given
 from hypothesis import strategies as st
 
 import iqcore
-from exact import MODES, mismatches, run
 from iqcore import _grid as g
 
 

@@ -2,12 +2,12 @@
 
 import numpy as np
 import tensorflow as tf
+from exact import mismatches
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import iqcore
-from exact import mismatches
 from iqcore import _grid as g
 
 floats32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
@@ -27,7 +27,7 @@ def quantizer_and_tensor(draw):
     if method == "uniform":
         lows = draw(st.lists(st.floats(-1e3, 0), min_size=channels, max_size=channels))
         widths = draw(st.lists(st.floats(1e-2, 1e3), min_size=channels, max_size=channels))
-        params = dict(min_range=lows, max_range=[lo + w for lo, w in zip(lows, widths)])
+        params = dict(min_range=lows, max_range=[lo + w for lo, w in zip(lows, widths, strict=True)])
     elif method == "pot":
         params = dict(threshold=[2.0**e for e in draw(st.lists(st.integers(-20, 20), min_size=channels,
                                                                 max_size=channels))])

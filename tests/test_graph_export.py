@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import mismatches
 
 import iqcore
-from exact import mismatches
 from iqcore import _grid as g
 
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import mismatches
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exact import mismatches
 from iqcore import _grid as g
 
 bits = st.integers(2, 16)
@@ -41,7 +41,7 @@ def test_per_channel_reference_equals_per_tensor_reference_on_each_channel(num_b
     gr = g.make_grid(lows, highs, num_bits, narrow, axis=1, rank=2)
     x = g.probe_tensor(gr, per_channel_count=64)
     out = g.fake_quant(x, gr)
-    for c, (lo, hi) in enumerate(zip(lows, highs)):
+    for c, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
         assert mismatches(out[:, c], g.fake_quant(x[:, c], g.make_grid(lo, hi, num_bits, narrow))) == 0
 
 

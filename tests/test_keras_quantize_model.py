@@ -86,7 +86,7 @@ def test_the_float_model_keeps_its_float_weights():
     model = cnn()
     before = [w.copy() for w in model.get_weights()]
     quantize_model(model, weights_method="symmetric")
-    for a, b in zip(before, model.get_weights()):
+    for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import mismatches
 
 import iqcore
-from exact import mismatches
 from iqcore import _grid as g
 from iqcore import _kernels as kernels
 

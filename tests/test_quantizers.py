@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import mismatches
 
 import iqcore
 import iqcore as qi
-from exact import mismatches
 from iqcore import _grid as g
 
 SIX = {
@@ -53,7 +53,7 @@ def test_namespace_holds_the_seed_six_class_names():
 
 def test_namespace_unknown_name_is_an_attribute_error_listing_names():
     with pytest.raises(AttributeError, match="WeightsPOTInferableQuantizer"):
-        qi.keras_inferable_quantizers.NoSuchQuantizer
+        _ = qi.keras_inferable_quantizers.NoSuchQuantizer
 
 
 def test_list_quantizers_reports_each_method_and_target_with_its_distribution():

@@ -1,7 +1,6 @@
 """Each bad input of tests/robustness.py is refused naming its parameter; valid edge cases match the reference."""
 
 import pytest
-
 from robustness import CASES, observe
 
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tensorflow as tf
+from exact import mismatches
 
 import iqcore
-from exact import mismatches
 from iqcore import _grid as g
 
 THREADS = 8
@@ -27,7 +27,7 @@ def test_eight_threads_calling_one_quantizer_get_the_serial_results(mode, per_ch
     fn = q if mode == "eager" else tf.function(q, jit_compile=(mode == "xla"))  # first trace happens in the pool
     with ThreadPoolExecutor(THREADS) as pool:
         results = list(pool.map(lambda x: fn(tf.constant(x)).numpy(), inputs))
-    assert sum(mismatches(r, g.fake_quant(x, q.grid)) for r, x in zip(results, inputs)) == 0
+    assert sum(mismatches(r, g.fake_quant(x, q.grid)) for r, x in zip(results, inputs, strict=True)) == 0
 
 
 def test_eight_threads_building_quantizers_during_first_discovery_all_succeed():

@@ -108,7 +108,7 @@ def load_model(path, *args, **kwargs):
     except TypeError as e:
         # Keras 3 re-raises a TypeError from a layer's from_config as a generic "could not be deserialized"
         # TypeError carrying the whole model config; the error that names the parameter is its context.
-        root = e
+        root: BaseException = e
         while "could not be deserialized" in str(root) and isinstance(root.__context__, (TypeError, ValueError)):
             root = root.__context__
         if root is e:

@@ -17,7 +17,8 @@ def input_names(model) -> list[str]:
 
 def graph(model):
     """``(producers, consumers)``: layer name -> names of the layers feeding it / fed by it."""
-    producers, consumers = {}, {}
+    producers: dict[str, list[str]] = {}
+    consumers: dict[str, list[str]] = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -48,8 +49,8 @@ def rebuild(model, replace, insert_after, name=None):
         return keras.Model(inputs, x, name=name or model.name)
     if not KERAS_3:
         return _rebuild_functional_keras2(model, replace, insert_after, name or model.name)
-    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, names)]
-    chained = {id(t): _chain(t, insert_after(n)) for t, n in zip(inputs, names)}
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, names, strict=True)]
+    chained = {id(t): _chain(t, insert_after(n)) for t, n in zip(inputs, names, strict=True)}
 
     def call(layer, *args, **kwargs):
         args = tf.nest.map_structure(lambda t: chained.get(id(t), t), args)

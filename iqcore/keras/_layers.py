@@ -227,7 +227,12 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+        try:
+            return self.layer.compute_output_shape(input_shape)
+        except NotImplementedError:  # a custom layer without it: Keras 3 traces its call instead
+            if not KERAS_3:
+                raise
+            return self.layer.compute_output_spec(keras.KerasTensor(input_shape)).shape
 
     def _export_call(self, inputs, *args, **kwargs):
         if isinstance(self.layer, keras.layers.Dense) and set(self._quantizers) == {"kernel"} and \

@@ -211,7 +211,7 @@ class _Observed:
 
     def observation(self, fixed=None) -> calibration.ActivationObservation:
         if fixed is not None:
-            return calibration.ActivationObservation(*fixed, fixed_range=True)
+            return calibration.ActivationObservation(fixed[0], fixed[1], fixed_range=True)
         samples = calibration.subsample(np.concatenate(self.samples), calibration.MAX_SAMPLES) if self.samples \
             else np.zeros(0, np.float32)
         return calibration.ActivationObservation(self.low, self.high, samples, self.total / max(self.count, 1))
@@ -260,7 +260,7 @@ def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples
         outs = probe(batch if len(batch) > 1 else batch[0], training=False)
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
-        for i, (slot, out) in enumerate(zip(slots, outs)):
+        for i, (slot, out) in enumerate(zip(slots, outs, strict=True)):
             slot.add(np.asarray(out), keep_samples and i < len(outputs), i >= len(outputs), seed=batches)
         progress.update(batches)
     if not batches:
@@ -339,7 +339,8 @@ def _correct_biases(model, new, plan_w, input_stats) -> int:
         original = by_name.get(wrapper.layer.name)
         info = registry.layer_info(original) if original is not None else None
         mean = input_stats.get(wrapper.layer.name)
-        if info is None or mean is None or mean.channel_mean() is None or not getattr(original, "use_bias", False):
+        if original is None or info is None or mean is None or mean.channel_mean() is None \
+                or not getattr(original, "use_bias", False):
             continue
         shift = None
         for spec in info.weights:

@@ -170,7 +170,7 @@ def check_tflite(flatbuffer: bytes, model) -> None:
     """
     tensors = tflite_weight_tensors(flatbuffer, model)
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
-        for name, q in w.weights_quantizers.items():
+        for name in w.weights_quantizers:
             d = tensors.get((w.name, name))
             if d is None:
                 raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")

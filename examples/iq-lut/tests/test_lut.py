@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from iq_lut import WeightsLUTInferableQuantizer
 
 import iqcore
+from iq_lut import WeightsLUTInferableQuantizer
 
 
 def reference(x, values, threshold, bitwidth=8):

@@ -1,7 +1,6 @@
 """The LUT quantizer passes iqcore's conformance suite: the few lines a plugin author writes."""
 
 from iq_lut import WeightsLUTInferableQuantizer
-
 from iqcore.testing import QuantizerConformance
 
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from iq_lut import WeightsLUTInferableQuantizer
 
 import iqcore
+from iq_lut import WeightsLUTInferableQuantizer
 from iqcore import keras as iqkeras
 from iqcore.testing import check_identical, run_reload_in_fresh_process
 

@@ -1,7 +1,6 @@
 """The power-of-two quantizers pass iqcore's conformance suite (iqcore.testing)."""
 
 from iq_pot import ActivationPOTInferableQuantizer, WeightsPOTInferableQuantizer
-
 from iqcore.testing import QuantizerConformance
 
 

@@ -1,7 +1,6 @@
 """The symmetric quantizers pass iqcore's conformance suite (iqcore.testing)."""
 
 from iq_symmetric import ActivationSymmetricInferableQuantizer, WeightsSymmetricInferableQuantizer
-
 from iqcore.testing import QuantizerConformance
 
 

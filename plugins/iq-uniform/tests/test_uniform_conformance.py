@@ -1,7 +1,6 @@
 """The uniform quantizers pass iqcore's conformance suite (iqcore.testing)."""
 
 from iq_uniform import ActivationUniformInferableQuantizer, WeightsUniformInferableQuantizer
-
 from iqcore.testing import QuantizerConformance
 
 
