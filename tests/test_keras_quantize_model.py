@@ -184,3 +184,65 @@ def test_no_holder_sits_between_a_conv_and_the_relu_tflite_fuses_into_it():
 def test_average_pooling_holder_reuses_the_grid_of_its_input():
     quantized = _quantized_residual()
     assert quantized.get_layer("avg_activation").quantizer == quantized.get_layer("cat_activation").quantizer
+
+
+def _mean_output_shift(float_model, quantized, data, name):
+    f = keras.Model(float_model.inputs, float_model.get_layer(name).output)
+    q = keras.Model(quantized.inputs, quantized.get_layer(f"{name}_quantized").output)
+    return np.mean(np.concatenate([q(b).numpy() - f(b).numpy() for b in data]).reshape(-1, 6), axis=0)
+
+
+def _offset_dense_model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(6, name="fc")(inp))
+    return model, [np.random.default_rng(i).uniform(0.5, 1.5, (32, 16)).astype(np.float32) for i in range(4)]
+
+
+def test_bias_correction_removes_the_mean_output_shift_of_quantized_weights():
+    model, data = _offset_dense_model()
+    plain = quantize_model(model, weights_method="symmetric", weights_bits=3)
+    corrected = quantize_model(model, weights_method="symmetric", weights_bits=3, representative_data=data,
+                               bias_correction=True, verbose=0)
+    before = np.abs(_mean_output_shift(model, plain, data, "fc"))
+    after = np.abs(_mean_output_shift(model, corrected, data, "fc"))
+    assert before.max() > 1e-2 and after.max() < before.max() / 100
+
+
+def test_bias_correction_changes_only_the_bias():
+    model, data = _offset_dense_model()
+    plain = quantize_model(model, weights_method="symmetric", weights_bits=3)
+    corrected = quantize_model(model, weights_method="symmetric", weights_bits=3, representative_data=data,
+                               bias_correction=True, verbose=0)
+    kernel_a, bias_a = plain.get_layer("fc_quantized").get_weights()
+    kernel_b, bias_b = corrected.get_layer("fc_quantized").get_weights()
+    np.testing.assert_array_equal(kernel_a, kernel_b)
+    assert not np.array_equal(bias_a, bias_b)
+
+
+def test_bias_correction_without_data_is_refused():
+    with pytest.raises(ValueError, match="bias_correction needs representative_data"):
+        quantize_model(cnn(), weights_method="symmetric", bias_correction=True)
+
+
+@pytest.mark.parametrize("strategy", ["minmax", "percentile", "mse"])
+def test_every_strategy_calibrates_weights_and_activations(strategy):
+    model = cnn()
+    quantized = quantize_model(model, weights_method="symmetric", weights_strategy=strategy,
+                               activation_method="uniform", activation_strategy=strategy, representative_data=DATA,
+                               verbose=0)
+    assert np.all(np.isfinite(quantized(DATA[0]).numpy()))
+
+
+def test_the_mse_strategy_gives_no_larger_weight_error_than_minmax():
+    kernel = np.random.default_rng(0).standard_t(3, size=(3, 3, 8, 16)).astype(np.float32)
+    errors = {}
+    for strategy in ("minmax", "mse"):
+        q = calibrate_weights(kernel, "symmetric", num_bits=4, strategy=strategy)
+        errors[strategy] = np.sum((q(kernel).numpy().astype(np.float64) - kernel) ** 2, axis=(0, 1, 2))
+    assert np.all(errors["mse"] <= errors["minmax"]) and np.any(errors["mse"] < errors["minmax"])
+
+
+def test_an_unknown_strategy_is_refused_naming_the_parameter():
+    with pytest.raises(ValueError, match="weights_strategy is 'best'; allowed: 'minmax', 'percentile', 'mse'"):
+        quantize_model(cnn(), weights_method="symmetric", weights_strategy="best")

@@ -103,7 +103,9 @@ def _rebuild_functional_keras2(model, replace, insert_after, name):
             entry["inbound_nodes"] = [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]
     config = {**config, "name": name, "layers": entries,
               "output_layers": [rename(ref) for ref in config["output_layers"]]}
-    return keras.Model.from_config(config)
+    # A user's layer class that is not registered with Keras is found by its class name.
+    custom = {type(layer).__name__: type(layer) for layer in model.layers}
+    return keras.Model.from_config(config, custom_objects=custom)
 
 
 def copy_weights(model, new) -> None:

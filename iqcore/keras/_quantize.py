@@ -343,16 +343,21 @@ def _correct_biases(model, new, plan_w, input_stats) -> int:
                 or not getattr(original, "use_bias", False):
             continue
         shift = None
-        for spec in info.weights:
+        for spec in info.weights:  # each quantized weight's shift adds up
             q = plan_w[original.name].get(spec.name)
             if q is None:
                 continue
+            q = deserialize_quantizer(q, f"weights_quantizers[{original.name!r}][{spec.name!r}]", "weights")
             kernel = find_weight(original, spec.name).numpy()
-            shift = _bias_shift(spec, kernel, q.reference(kernel.astype(np.float32)), mean.channel_mean())
+            part = _bias_shift(spec, kernel, q.reference(kernel.astype(np.float32)), mean.channel_mean())
+            if part is None:
+                continue
+            shift = part if shift is None else shift + part
         bias = find_weight(wrapper.layer, "bias")
         if shift is None or shift.shape != tuple(bias.shape):
             continue
-        bias.assign((bias.numpy().astype(np.float64) - shift).astype(bias.dtype.as_numpy_dtype))
+        value = bias.numpy()
+        bias.assign((value.astype(np.float64) - shift).astype(value.dtype))
         corrected += 1
     return corrected
 
