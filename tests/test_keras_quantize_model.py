@@ -246,3 +246,10 @@ def test_the_mse_strategy_gives_no_larger_weight_error_than_minmax():
 def test_an_unknown_strategy_is_refused_naming_the_parameter():
     with pytest.raises(ValueError, match="weights_strategy is 'best'; allowed: 'minmax', 'percentile', 'mse'"):
         quantize_model(cnn(), weights_method="symmetric", weights_strategy="best")
+
+
+def test_a_concatenation_input_that_feeds_nothing_else_takes_the_concatenations_grid():
+    quantized = _quantized_residual()
+    cat = quantized.get_layer("cat_activation").quantizer
+    assert quantized.get_layer("c3_activation").quantizer == cat
+    assert quantized.get_layer("add_activation").quantizer != cat  # it also feeds c3: its own grid

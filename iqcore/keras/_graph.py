@@ -37,24 +37,30 @@ def clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def rebuild(model, replace, insert_after, name=None):
+def rebuild(model, replace, insert_after, name=None, drop=frozenset()):
     """A copy of a Sequential or Functional model with each layer replaced by ``replace(layer)`` and the layers
-    ``insert_after(name)`` (fresh instances) chained after each layer or model input named ``name``."""
+    ``insert_after(name)`` (fresh instances) chained after each layer or model input named ``name``.
+
+    The layers named in ``drop`` (each with a single input) are left out: their input goes where their output
+    went (layers ``insert_after`` gives for them are still chained there).
+    """
     names = input_names(model)
     if isinstance(model, keras.Sequential):
         inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name=names[0])
         x = _chain(inputs, insert_after(names[0]))
         for layer in model.layers:
-            x = _chain(replace(layer)(x), insert_after(layer.name))
+            x = _chain(x if layer.name in drop else replace(layer)(x), insert_after(layer.name))
         return keras.Model(inputs, x, name=name or model.name)
     if not KERAS_3:
-        return _rebuild_functional_keras2(model, replace, insert_after, name or model.name)
+        return _rebuild_functional_keras2(model, replace, insert_after, name or model.name, drop)
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=n) for t, n in zip(model.inputs, names, strict=True)]
     chained = {id(t): _chain(t, insert_after(n)) for t, n in zip(inputs, names, strict=True)}
 
     def call(layer, *args, **kwargs):
         args = tf.nest.map_structure(lambda t: chained.get(id(t), t), args)
         original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
+        if original in drop:
+            return _chain(tf.nest.flatten(args)[0], insert_after(original))
         return _chain(layer(*args, **kwargs), insert_after(original))
 
     structure = tf.nest.pack_sequence_as(model.input, inputs)
@@ -68,39 +74,46 @@ def _chain(x, layers):
     return x
 
 
-def _rebuild_functional_keras2(model, replace, insert_after, name):
+def _rebuild_functional_keras2(model, replace, insert_after, name, drop):
     """Keras 2: rewrite the Functional config (layer entries with ``[[name, node, tensor, kwargs], ...]``
-    inbound nodes), replacing layers and inserting new ones, and rebuild it with ``Model.from_config``."""
+    inbound nodes), replacing, dropping and inserting layers, and rebuild it with ``Model.from_config``."""
     config = model.get_config()
     by_name = {layer.name: layer for layer in model.layers}
-    entries, inserted, renames = [], set(), {}
-    for entry in config["layers"]:
-        name = entry["name"]
-        layer = by_name[name]
-        nodes = max(1, len(entry["inbound_nodes"]))
-        if isinstance(layer, keras.layers.InputLayer):
-            last = name
-            entries.append(entry)
-        else:
-            new = replace(layer)
-            last = new.name
-            entries.append({**keras.layers.serialize(new), "name": last, "inbound_nodes": entry["inbound_nodes"]})
-        for extra in insert_after(name):
-            inserted.add(extra.name)
-            entries.append({**keras.layers.serialize(extra), "name": extra.name,
-                            "inbound_nodes": [[[last, i, 0, {}]] for i in range(nodes)]})
-            last = extra.name
-        if last != name:
-            renames.update({(name, i): last for i in range(nodes)})
+    entries, inserted = [], set()
+    renames: dict[tuple[str, int], tuple[str, int, int | None]] = {}
 
     def rename(ref):
         if not isinstance(ref, list) or len(ref) < 3 or not isinstance(ref[0], str):
             raise ValueError(f"unexpected Keras 2 inbound node {ref!r}; quantize this model with Keras 3")
-        return [renames.get((ref[0], ref[1]), ref[0]), *ref[1:]]
+        new = renames.get((ref[0], ref[1]))
+        if new is None:
+            return list(ref)
+        return [new[0], new[1], ref[2] if new[2] is None else new[2], *ref[3:]]
 
-    for entry in entries:
-        if entry["name"] not in inserted:
-            entry["inbound_nodes"] = [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]
+    for entry in config["layers"]:
+        layer_name = entry["name"]
+        layer = by_name[layer_name]
+        nodes = max(1, len(entry["inbound_nodes"]))
+        sources = [[layer_name, i, 0] for i in range(nodes)]
+        if isinstance(layer, keras.layers.InputLayer):
+            entries.append(entry)
+        elif layer_name in drop:  # its consumers read its (already renamed) input instead
+            sources = [rename(node[0])[:3] for node in entry["inbound_nodes"]]
+            renames.update({(layer_name, i): tuple(source) for i, source in enumerate(sources)})
+        else:
+            new = replace(layer)
+            entries.append({**keras.layers.serialize(new), "name": new.name,
+                            "inbound_nodes": [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]})
+            sources = [[new.name, i, 0] for i in range(nodes)]
+            if new.name != layer_name:
+                renames.update({(layer_name, i): (new.name, i, None) for i in range(nodes)})
+        for extra in insert_after(layer_name):
+            inserted.add(extra.name)
+            entries.append({**keras.layers.serialize(extra), "name": extra.name,
+                            "inbound_nodes": [[[*source, {}]] for source in sources]})
+            sources = [[extra.name, i, 0] for i in range(len(sources))]
+            renames.update({(layer_name, i): (extra.name, i, 0) for i in range(len(sources))})
+
     config = {**config, "name": name, "layers": entries,
               "output_layers": [rename(ref) for ref in config["output_layers"]]}
     # A user's layer class that is not registered with Keras is found by its class name.
@@ -108,7 +121,8 @@ def _rebuild_functional_keras2(model, replace, insert_after, name):
     return keras.Model.from_config(config, custom_objects=custom)
 
 
-def copy_weights(model, new) -> None:
+def copy_weights(model, new, skip=frozenset()) -> None:
+    """Set each layer of ``new`` to the weights of ``model``'s layer of the same name (except ``skip``)."""
     by_name = {}
     for layer in new.layers:
         if isinstance(layer, QuantizationWrapper):
@@ -117,5 +131,5 @@ def copy_weights(model, new) -> None:
             by_name[layer.name] = layer
     for layer in model.layers:
         target = by_name.get(layer.name)
-        if target is not None and layer.weights:
+        if target is not None and layer.weights and layer.name not in skip:
             target.set_weights(layer.get_weights())

@@ -12,6 +12,7 @@ import tensorflow as tf
 from iqcore import _registry as registry
 from iqcore import calibration
 from iqcore._quantizer import InferableQuantizer
+from iqcore.keras._fold import fold_batch_norms, split_separable
 from iqcore.keras._graph import clone_layer, copy_weights, graph, input_names, rebuild
 from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, deserialize_quantizer, find_weight
 
@@ -24,7 +25,7 @@ PASS_THROUGH = (
     layers.InputLayer, layers.Flatten, layers.Reshape, layers.Permute, layers.Dropout, layers.SpatialDropout1D,
     layers.SpatialDropout2D, layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
     layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D, layers.Cropping1D,
-    layers.Cropping2D, layers.Cropping3D, ActivationQuantizationHolder,
+    layers.Cropping2D, layers.Cropping3D, layers.Identity, ActivationQuantizationHolder,
 )
 
 #: Layers whose ReLU consumer the converter fuses into them (no int8 rounding between the two).
@@ -281,6 +282,19 @@ def _holder_targets(model, plan_a, quantize_inputs: bool) -> list[str]:
     return targets
 
 
+def _share_concat_grids(model, plan_a) -> None:
+    """Give each input of a ``Concatenation`` that feeds nothing else the concatenation's quantizer: the TFLite
+    converter makes such a producer write straight onto the concatenation's grid (one rounding), and only an
+    input with other consumers keeps its own grid, requantized by a QUANTIZE op (two roundings, as in Keras)."""
+    producers, consumers = graph(model)
+    for layer in model.layers:
+        if not isinstance(layer, layers.Concatenate) or layer.name not in plan_a:
+            continue
+        for p in producers.get(layer.name, []):
+            if p in plan_a and consumers.get(p) == [layer.name] and p not in input_names(model):
+                plan_a[p] = plan_a[layer.name]
+
+
 def _plan_activations(model, targets, observed, plan_a, method, settings) -> None:
     producers, _ = graph(model)
     by_name = {layer.name: layer for layer in model.layers}
@@ -293,14 +307,16 @@ def _plan_activations(model, targets, observed, plan_a, method, settings) -> Non
         fixed = _fixed_range(layer)
         observation = observed[n].observation(fixed)
         plan_a[n] = _calibrated(cls, observation, settings, f"activation of {n!r}")
+    _share_concat_grids(model, plan_a)
 
 
 def _plan_weights(model, weights_quantizers, method, per_channel, settings) -> dict[str, dict]:
     plan: dict[str, dict] = {}
     cls = registry.get_class(method, "weights") if method is not None else None
     for layer in model.layers:
-        if layer.name in weights_quantizers:
-            plan[layer.name] = dict(weights_quantizers[layer.name])
+        if layer.name in weights_quantizers:  # an empty dict leaves the layer unquantized
+            if weights_quantizers[layer.name]:
+                plan[layer.name] = dict(weights_quantizers[layer.name])
             continue
         info = registry.layer_info(layer) if cls is not None and layer.weights else None
         if info is None:
@@ -381,10 +397,14 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
                    weights_bits: int = 8, per_channel: bool = True, weights_strategy: str = "minmax",
                    activation_method=None, activation_bits: int = 8, activation_strategy: str = "minmax",
                    representative_data=None, quantize_inputs: bool = True, bias_correction: bool = False,
-                   verbose: int = 1):
+                   fold_batch_norm: bool = True, verbose: int = 1):
     """A quantized copy of a float Keras model (the float model is left untouched).
 
-    Either give quantizers per layer, or methods and bit widths and let each method calibrate itself:
+    Either give quantizers per layer, or methods and bit widths and let each method calibrate itself. First,
+    the float model is rewritten as int8 TFLite will run it (outputs unchanged up to float rounding): each
+    ``SeparableConv2D`` ``s`` becomes a ``DepthwiseConv2D`` ``s`` and a 1x1 ``Conv2D`` ``s_pointwise``, and
+    each ``BatchNormalization`` right after a convolution or Dense layer is folded into its kernel and bias
+    (``fold_batch_norm``), so that the quantizers describe the weights the int8 file holds. Then:
 
     * weights: each weight of a registered layer type (Conv1D/2D/3D, DepthwiseConv2D, Conv2DTranspose, Dense,
       and whatever plugins add through the ``register_layers`` hook, subclasses included) gets a
@@ -398,7 +418,8 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
 
     Args:
         model: A built Sequential or Functional model.
-        weights_quantizers: ``{layer name: {weight name: quantizer}}``; overrides ``weights_method`` per layer.
+        weights_quantizers: ``{layer name: {weight name: quantizer}}``; overrides ``weights_method`` per layer
+            (``{layer name: {}}`` leaves that layer in float).
         activation_quantizers: ``{layer name: quantizer}`` for the holder after that layer (an input layer's
             name for a model input); overrides ``activation_method`` per layer.
         weights_method: Any installed weights method (``"symmetric"``, ``"pot"``, ``"uniform"``, a plugin's),
@@ -412,6 +433,7 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
         representative_data: Batches of inputs (an array, a list of batches, or a tf.data.Dataset).
         quantize_inputs: With ``activation_method``, also put a holder after each model input.
         bias_correction: Correct the biases of quantized layers (needs ``representative_data``).
+        fold_batch_norm: Fold batch normalization into the layer before it (False keeps it, in float).
         verbose: 0 silences the progress bar shown when calibration takes more than a few seconds.
 
     Returns:
@@ -427,6 +449,9 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     calibration.check_strategy("activation_strategy", activation_strategy)
     _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
                      bias_correction)
+    model = split_separable(model)
+    if fold_batch_norm:
+        model, _ = fold_batch_norms(model)
     if activation_method is not None:
         model = split_activations(model)
     plan_w = _plan_weights(model, weights_quantizers, weights_method, per_channel,

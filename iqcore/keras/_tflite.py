@@ -110,8 +110,11 @@ def _converter(model) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def _wanted_scales(wrapper, name) -> np.ndarray:
-    return np.repeat(wrapper.weights_quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
+def _wanted_scales(wrapper, name, stored: int) -> np.ndarray:
+    """The scales the file should hold for a wrapped weight stored with ``stored`` scales: the quantizer's, each
+    repeated per depthwise multiplier; one scale (per tensor, or one channel) stands for every stored one."""
+    scale = np.repeat(wrapper.weights_quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
+    return np.repeat(scale, stored) if scale.size == 1 and stored > 1 else scale
 
 
 def restore_scales(flatbuffer: bytes, model) -> bytes:
@@ -131,7 +134,7 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
             if d is None:
                 continue
             got = d["quantization_parameters"]["scales"].astype("<f4")
-            want = _wanted_scales(w, name).astype("<f4")
+            want = _wanted_scales(w, name, got.size).astype("<f4")
             if got.shape != want.shape or np.array_equal(got, want):
                 continue
             if np.any(np.abs(got.astype(np.float64) / want - 1) > 2.0**-22):
@@ -175,8 +178,8 @@ def check_tflite(flatbuffer: bytes, model) -> None:
             if d is None:
                 raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
             params = d["quantization_parameters"]
-            want = _wanted_scales(w, name)
             got = params["scales"].astype(np.float32)
+            want = _wanted_scales(w, name, got.size)
             if got.shape != want.shape or not np.array_equal(got, want) or np.any(params["zero_points"] != 0):
                 raise RuntimeError(
                     f"{w.name}/{name}: TFLite scales {got[:4]}... (zero points {params['zero_points'][:4]}) differ "

@@ -1,0 +1,168 @@
+"""Float rewrites :func:`iqcore.keras.quantize_model` makes before calibrating, so that the quantized model
+rounds where an int8 TFLite model rounds and its weights are the weights the file holds:
+
+* :func:`split_separable`: a ``SeparableConv2D`` becomes its ``DepthwiseConv2D`` and a 1x1 ``Conv2D`` (TFLite
+  runs and requantizes them as two ops);
+* :func:`fold_batch_norms`: a ``BatchNormalization`` that alone consumes the linear output of a convolution or
+  Dense layer is folded into that layer's kernel and bias, as the TFLite converter, tfmot and MCT do.
+
+Both leave every output unchanged up to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore.keras._graph import clone_layer, copy_weights, graph, rebuild
+from iqcore.keras._layers import find_weight
+
+keras = tf.keras
+layers = keras.layers
+
+
+def _linear(layer) -> bool:
+    fn = getattr(layer, "activation", None)
+    return fn is None or getattr(fn, "__name__", "") == "linear"
+
+
+def _channels_last(layer) -> bool:
+    return layer.get_config().get("data_format", "channels_last") in (None, "channels_last")
+
+
+def split_separable(model):
+    """``model`` with each channels-last ``SeparableConv2D`` ``s`` replaced by a ``DepthwiseConv2D`` named ``s``
+    and a 1x1 ``Conv2D`` named ``s_pointwise`` (bias and activation); ``model`` itself if there is none."""
+    separable = {layer.name: layer for layer in model.layers
+                 if isinstance(layer, layers.SeparableConv2D) and _channels_last(layer)}
+    if not separable:
+        return model
+    pointwise = {}
+
+    def replace(layer):
+        if layer.name not in separable:
+            return clone_layer(layer)
+        c = layer.get_config()
+        return layers.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
+                                      depth_multiplier=c["depth_multiplier"], dilation_rate=c["dilation_rate"],
+                                      use_bias=False, name=layer.name, dtype=c.get("dtype"))
+
+    def insert_after(name):
+        if name not in separable:
+            return []
+        c = separable[name].get_config()
+        pointwise[name] = layers.Conv2D(c["filters"], 1, use_bias=c["use_bias"], activation=c["activation"],
+                                        name=f"{name}_pointwise", dtype=c.get("dtype"))
+        return [pointwise[name]]
+
+    new = rebuild(model, replace, insert_after, drop=frozenset())
+    copy_weights(model, new, skip=frozenset(separable))
+    for name, layer in separable.items():
+        new.get_layer(name).set_weights([find_weight(layer, "depthwise_kernel").numpy()])
+        weights = [find_weight(layer, "pointwise_kernel").numpy()]
+        if layer.get_config()["use_bias"]:
+            weights.append(find_weight(layer, "bias").numpy())
+        new.get_layer(f"{name}_pointwise").set_weights(weights)
+    return new
+
+
+#: Layers a following batch normalization folds into, with the kernel it scales and that kernel's output
+#: channel axis (DepthwiseConv2D: its last two axes, input channel times multiplier).
+FOLDS_INTO = (
+    (layers.DepthwiseConv2D, "depthwise_kernel", None),
+    (layers.Conv2DTranspose, "kernel", -2),
+    (layers.Conv1D, "kernel", -1),
+    (layers.Conv2D, "kernel", -1),
+    (layers.Conv3D, "kernel", -1),
+    (layers.Dense, "kernel", -1),
+)
+
+
+def _fold_target(layer):
+    for cls, weight, axis in FOLDS_INTO:
+        if isinstance(layer, cls):
+            return weight, axis
+    return None
+
+
+def foldable(model) -> dict[str, str]:
+    """``{batch-norm layer name: the layer it folds into}``: each channels-last ``BatchNormalization`` whose
+    single input is the linear output of a layer in :data:`FOLDS_INTO` that feeds nothing else."""
+    producers, consumers = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    outputs = {t._keras_history[0].name for t in model.outputs}
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        axis = layer.get_config().get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        rank = len(layer.input.shape) if hasattr(layer, "input") else None
+        if not isinstance(axis, int) or rank is None or axis % rank != rank - 1:
+            continue
+        feeding = producers.get(layer.name, [])
+        if len(feeding) != 1 or feeding[0] not in by_name:
+            continue
+        prev = by_name[feeding[0]]
+        if _fold_target(prev) is None or not _linear(prev) or not _channels_last(prev):
+            continue
+        if consumers.get(prev.name) != [layer.name] or prev.name in outputs:
+            continue
+        pairs[layer.name] = prev.name
+    return pairs
+
+
+def _bn_scale_shift(bn) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, t)`` with ``bn(x) == s * x + t`` per channel at inference, in float64."""
+    config = bn.get_config()
+    mean = find_weight(bn, "moving_mean").numpy().astype(np.float64)
+    var = find_weight(bn, "moving_variance").numpy().astype(np.float64)
+    gamma = find_weight(bn, "gamma").numpy().astype(np.float64) if config.get("scale", True) else 1.0
+    beta = find_weight(bn, "beta").numpy().astype(np.float64) if config.get("center", True) else 0.0
+    s = gamma / np.sqrt(var + float(config.get("epsilon", 1e-3)))
+    return s * np.ones_like(mean), beta - s * mean
+
+
+def _folded_weights(layer, bn) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel and bias of ``layer`` followed by ``bn``, as one layer."""
+    weight, axis = _fold_target(layer)
+    kernel = find_weight(layer, weight).numpy().astype(np.float64)
+    s, t = _bn_scale_shift(bn)
+    if axis is None:  # depthwise: output channel c * multiplier + m
+        shaped = s.reshape(kernel.shape[-2], kernel.shape[-1])
+        kernel = kernel * shaped
+    else:
+        layout = [1] * kernel.ndim
+        layout[axis] = -1
+        kernel = kernel * s.reshape(layout)
+    bias = find_weight(layer, "bias").numpy().astype(np.float64) if layer.get_config().get("use_bias") else 0.0
+    return kernel, s * bias + t
+
+
+def fold_batch_norms(model):
+    """``(folded model, {batch-norm name: layer it was folded into})``; ``model`` itself if nothing folds.
+
+    Each folded layer keeps its name and gains a bias; the batch normalization disappears from the graph.
+    """
+    pairs = foldable(model)
+    if not pairs:
+        return model, {}
+    into = {prev: bn for bn, prev in pairs.items()}
+
+    def replace(layer):
+        if layer.name not in into:
+            return clone_layer(layer)
+        config = layer.get_config()
+        config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    new = rebuild(model, replace, lambda name: [], drop=frozenset(pairs))
+    copy_weights(model, new, skip=frozenset(into))
+    for prev, bn in into.items():
+        layer = model.get_layer(prev)
+        kernel, bias = _folded_weights(layer, model.get_layer(bn))
+        target = new.get_layer(prev)
+        weight, _ = _fold_target(layer)
+        find_weight(target, weight).assign(kernel.astype(np.float32))
+        find_weight(target, "bias").assign(bias.astype(np.float32))
+    return new, pairs
