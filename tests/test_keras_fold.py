@@ -73,7 +73,7 @@ def test_a_sequential_model_folds_too():
     np.testing.assert_allclose(folded(DATA[0]).numpy(), model(DATA[0]).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_batch_norm_after_an_add_is_kept_and_gets_a_holder():
+def test_a_batch_norm_after_an_add_becomes_a_quantized_1x1_depthwise_with_a_holder():
     keras.utils.set_random_seed(3)
     inp = keras.Input((12, 12, 4))
     x = L.Add(name="add")([L.Conv2D(4, 1, name="a")(inp), inp])
@@ -81,7 +81,11 @@ def test_a_batch_norm_after_an_add_is_kept_and_gets_a_holder():
     assert fold_batch_norms(model)[1] == {}
     q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=DATA,
                        verbose=0)
-    assert "bn" in [layer.name for layer in q.layers] and "bn_activation" in [layer.name for layer in q.layers]
+    names = [layer.name for layer in q.layers]
+    assert "bn_quantized" in names and "bn_activation" in names
+    assert isinstance(q.get_layer("bn_quantized").layer, L.DepthwiseConv2D)
+    assert "DEQUANTIZE" not in [op["op_name"] for op in tf.lite.Interpreter(model_content=to_tflite(q))
+                                ._get_ops_details()]
 
 
 def test_a_batch_norm_after_a_fused_activation_is_not_folded():
@@ -159,3 +163,118 @@ def test_an_empty_weights_quantizers_entry_leaves_that_layer_in_float():
     q = quantize_model(model, weights_quantizers={"up": {}}, weights_method="symmetric")
     assert not isinstance(q.get_layer("up"), QuantizationWrapper)
     assert isinstance(q.get_layer("conv_quantized"), QuantizationWrapper)
+
+
+def test_biases_lie_on_the_int32_grid_tflite_stores_them_on():
+    model = with_bn(CONVS["conv2d"]())
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=DATA,
+                       verbose=0)
+    wrapper = q.get_layer("conv_quantized")
+    s_in = float(q.get_layer(f"{q.inputs[0]._keras_history[0].name}_activation").quantizer.quantization_params().scale)
+    s_w = wrapper.weights_quantizers["kernel"].quantization_params().scale.astype(np.float64)
+    units = wrapper.layer.bias.numpy() / (s_in * s_w)
+    np.testing.assert_allclose(units, np.round(units), atol=1e-3)
+
+
+def test_compare_matches_every_holder_to_a_tensor_of_the_file_and_counts_differences():
+    from iqcore.keras import compare
+
+    model = with_bn(CONVS["conv2d"]())
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=DATA,
+                       verbose=0)
+    rows = compare(q, to_tflite(q), np.concatenate(DATA))
+    holders = [layer.name for layer in q.layers if "Holder" in type(layer).__name__]
+    assert [r.layer for r in rows] == holders
+    assert all(r.tensor is not None and r.values > 0 and r.max_steps <= 1.0 + 1e-4 for r in rows), rows
+
+
+def test_iqcore_compare_prints_a_row_per_holder(tmp_path):
+    import subprocess
+    import sys
+
+    model = with_bn(CONVS["conv2d"]())
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=DATA,
+                       verbose=0)
+    q.save(str(tmp_path / "m.keras"))
+    (tmp_path / "m.tflite").write_bytes(to_tflite(q))
+    result = subprocess.run([sys.executable, "-m", "iqcore.cli", "compare", str(tmp_path / "m.keras"),
+                             str(tmp_path / "m.tflite"), "--samples", "4"], capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    holders = [layer.name for layer in q.layers if "Holder" in type(layer).__name__]
+    assert all(any(line.startswith(h) for line in result.stdout.splitlines()) for h in holders), result.stdout
+    assert f"{len(holders)} of {len(holders)} holders matched" in result.stdout
+
+
+def test_an_activation_range_the_converter_would_widen_is_refused_naming_the_holder():
+    import iqcore
+    from iqcore.keras import ActivationQuantizationHolder
+
+    inp = keras.Input((4,))
+    tiny = iqcore.get_quantizer("uniform", "activation", num_bits=8, min_range=0.0, max_range=1e-8)
+    model = keras.Model(inp, ActivationQuantizationHolder(tiny, name="tiny")(inp))
+    with pytest.raises(ValueError, match="tiny: its range .* narrower than 1e-06"):
+        to_tflite(model)
+
+
+def test_float_sections_are_refused_unless_allowed():
+    import iqcore
+    from iqcore.keras import ActivationQuantizationHolder
+    from iqcore.keras._tflite import FloatSectionWarning
+
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((12, 12, 4))
+    holder = iqcore.get_quantizer("uniform", "activation", num_bits=8, min_range=-1.0, max_range=1.0)
+    x = ActivationQuantizationHolder(holder, name="in_q")(inp)
+    x = L.Conv2D(3, 3, name="conv")(x)  # float weights and no holder after it: the converter keeps it float
+    model = keras.Model(inp, ActivationQuantizationHolder(holder, name="out_q")(L.Lambda(tf.math.sin)(x)))
+    with pytest.raises(ValueError, match="activations stay float"):
+        to_tflite(model)
+    with pytest.warns(FloatSectionWarning):
+        to_tflite(model, allow_float=True)
+
+
+def test_a_model_applying_ops_to_keras_tensors_quantizes_and_folds():
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((12, 12, 4))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="c")(inp))
+    x = L.Multiply(name="m")([x, L.ReLU(6.0, name="r6")(x + 3.0) * (1.0 / 6.0)])  # hard swish, as MobileNetV3
+    model = realistic(keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="pool")(x))))
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=DATA,
+                       verbose=0)
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in q.layers)
+    x = np.concatenate(DATA)
+    scale = float(np.abs(model(x).numpy()).max())
+    assert np.abs(q(x).numpy() - model(x).numpy()).max() < 0.1 * scale
+
+
+@pytest.mark.parametrize("kind", ["batch_norm_after_add", "rescaling", "normalization"])
+def test_a_per_channel_affine_layer_becomes_a_1x1_depthwise_with_the_same_outputs(kind):
+    from iqcore.keras._fold import affine_as_depthwise
+
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((12, 12, 4))
+    if kind == "batch_norm_after_add":
+        x = L.BatchNormalization(name="affine")(L.Add()([L.Conv2D(4, 1)(inp), inp]))
+    elif kind == "rescaling":
+        x = L.Rescaling(1 / 127.5, offset=-1.0, name="affine")(inp)
+    else:
+        x = L.Normalization(mean=[0.1, 0.2, 0.3, 0.4], variance=[1.0, 2.0, 0.5, 4.0], name="affine")(inp)
+    model = realistic(keras.Model(inp, L.Conv2D(3, 3, name="conv")(x)))
+    new = affine_as_depthwise(model)
+    assert isinstance(new.get_layer("affine"), L.DepthwiseConv2D)
+    x = np.concatenate(DATA) * 100
+    np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_rescaled_input_converts_to_int8_with_no_float_section():
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((12, 12, 4))
+    x = L.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inp)
+    model = keras.Model(inp, L.Conv2D(3, 3, name="conv")(x))
+    data = [np.random.default_rng(i).uniform(0, 255, (8, 12, 12, 4)).astype(np.float32) for i in range(2)]
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=data,
+                       verbose=0)
+    flatbuffer = to_tflite(q)  # refuses float sections
+    got, step, _ = run_tflite(flatbuffer, data[0])
+    assert np.abs(got - q(data[0]).numpy()).max() <= step * 1.0001

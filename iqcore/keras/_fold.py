@@ -166,3 +166,58 @@ def fold_batch_norms(model):
         find_weight(target, weight).assign(kernel.astype(np.float32))
         find_weight(target, "bias").assign(bias.astype(np.float32))
     return new, pairs
+
+
+def _per_channel(values, channels: int) -> np.ndarray | None:
+    values = np.asarray(values, np.float64).reshape(-1)
+    return np.broadcast_to(values, (channels,)) if values.size in (1, channels) else None
+
+
+def _affine(layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(s, t)`` with ``layer(x) == s * x + t`` per channel of a channels-last image, or None."""
+    shape = getattr(layer, "input", None)
+    shape = None if shape is None or isinstance(shape, (list, tuple)) else shape.shape
+    if shape is None or len(shape) != 4 or shape[-1] is None:
+        return None
+    channels = int(shape[-1])
+    config = layer.get_config()
+    if isinstance(layer, layers.BatchNormalization):
+        axis = config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        return _bn_scale_shift(layer) if isinstance(axis, int) and axis % 4 == 3 else None
+    if isinstance(layer, layers.Rescaling):
+        s, t = _per_channel(config["scale"], channels), _per_channel(config["offset"], channels)
+        return None if s is None or t is None else (s, t)
+    if isinstance(layer, layers.Normalization):
+        axis = tuple(config.get("axis") or ())
+        if axis not in ((-1,), (3,)) or getattr(layer, "mean", None) is None:
+            return None
+        mean = _per_channel(np.asarray(layer.mean), channels)
+        std = _per_channel(np.maximum(np.sqrt(np.asarray(layer.variance, np.float64)), 1e-7), channels)
+        if mean is None or std is None:
+            return None
+        return (std, mean) if config.get("invert") else (1.0 / std, -mean / std)
+    return None
+
+
+def affine_as_depthwise(model, batch_norm: bool = True):
+    """``model`` with each per-channel affine layer on images (a ``Rescaling``, a ``Normalization`` and, with
+    ``batch_norm``, a ``BatchNormalization`` left after folding) replaced by a 1x1 ``DepthwiseConv2D`` of the
+    same name computing the same ``s * x + t``: one int8 TFLite op with per-channel weights, where the layer
+    itself becomes a MUL and an ADD whose intermediate result has no grid (and stays float)."""
+    kinds = (layers.Rescaling, layers.Normalization) + ((layers.BatchNormalization,) if batch_norm else ())
+    affine = {layer.name: a for layer in model.layers if isinstance(layer, kinds) and (a := _affine(layer))}
+    if not affine:
+        return model
+
+    def replace(layer):
+        if layer.name not in affine:
+            return clone_layer(layer)
+        return layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+
+    new = rebuild(model, replace, lambda name: [])
+    copy_weights(model, new, skip=frozenset(affine))
+    for name, (s, t) in affine.items():
+        kernel = np.asarray(s, np.float32).reshape(1, 1, -1, 1)
+        new.get_layer(name).set_weights([kernel, np.asarray(t, np.float32)])
+    return new

@@ -3,6 +3,8 @@ and its rebuild with layers replaced and new layers inserted after others."""
 
 from __future__ import annotations
 
+import inspect
+
 import tensorflow as tf
 
 from iqcore.keras._layers import KERAS_3, QuantizationWrapper
@@ -61,11 +63,21 @@ def rebuild(model, replace, insert_after, name=None, drop=frozenset()):
         original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
         if original in drop:
             return _chain(tf.nest.flatten(args)[0], insert_after(original))
-        return _chain(layer(*args, **kwargs), insert_after(original))
+        return _chain(layer(*args, **_accepted(layer, kwargs)), insert_after(original))
 
     structure = tf.nest.pack_sequence_as(model.input, inputs)
     new = keras.models.clone_model(model, input_tensors=structure, clone_function=replace, call_function=call)
     return keras.Model(new.input, new.output, name=name or model.name)
+
+
+def _accepted(layer, kwargs: dict) -> dict:
+    """The call arguments ``layer`` takes: a replacement of another class (a 1x1 convolution for a batch norm)
+    does not take the ``mask`` Keras passed to the original."""
+    target = layer.layer if isinstance(layer, QuantizationWrapper) else layer
+    params = inspect.signature(target.call).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def _chain(x, layers):
@@ -82,13 +94,32 @@ def _rebuild_functional_keras2(model, replace, insert_after, name, drop):
     entries, inserted = [], set()
     renames: dict[tuple[str, int], tuple[str, int, int | None]] = {}
 
-    def rename(ref):
-        if not isinstance(ref, list) or len(ref) < 3 or not isinstance(ref[0], str):
-            raise ValueError(f"unexpected Keras 2 inbound node {ref!r}; quantize this model with Keras 3")
-        new = renames.get((ref[0], ref[1]))
-        if new is None:
-            return list(ref)
-        return [new[0], new[1], ref[2] if new[2] is None else new[2], *ref[3:]]
+    def is_ref(obj) -> bool:
+        return (isinstance(obj, list) and len(obj) >= 3 and isinstance(obj[0], str) and obj[0] in by_name
+                and isinstance(obj[1], int) and isinstance(obj[2], int))
+
+    def rename(obj):
+        """``obj`` with every tensor reference ``[layer, node, tensor, ...]`` in it renamed: a plain inbound
+        node, or a TF op's (``TFOpLambda``) arguments, where references nest in lists and keyword dicts."""
+        if is_ref(obj):
+            new = renames.get((obj[0], obj[1]))
+            rest = [rename(x) for x in obj[3:]]
+            if new is None:
+                return [*obj[:3], *rest]
+            return [new[0], new[1], obj[2] if new[2] is None else new[2], *rest]
+        if isinstance(obj, list):
+            return [rename(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: rename(v) for k, v in obj.items()}
+        return obj
+
+    def first_ref(node):
+        """The first tensor reference of an inbound node (its layer's main input)."""
+        while isinstance(node, list) and node and not is_ref(node):
+            node = node[0]
+        if not is_ref(node):
+            raise ValueError(f"unexpected Keras 2 inbound node {node!r}; quantize this model with Keras 3")
+        return node
 
     for entry in config["layers"]:
         layer_name = entry["name"]
@@ -98,12 +129,12 @@ def _rebuild_functional_keras2(model, replace, insert_after, name, drop):
         if isinstance(layer, keras.layers.InputLayer):
             entries.append(entry)
         elif layer_name in drop:  # its consumers read its (already renamed) input instead
-            sources = [rename(node[0])[:3] for node in entry["inbound_nodes"]]
+            sources = [rename(first_ref(node))[:3] for node in entry["inbound_nodes"]]
             renames.update({(layer_name, i): tuple(source) for i, source in enumerate(sources)})
         else:
             new = replace(layer)
             entries.append({**keras.layers.serialize(new), "name": new.name,
-                            "inbound_nodes": [[rename(ref) for ref in node] for node in entry["inbound_nodes"]]})
+                            "inbound_nodes": rename(entry["inbound_nodes"])})
             sources = [[new.name, i, 0] for i in range(nodes)]
             if new.name != layer_name:
                 renames.update({(layer_name, i): (new.name, i, None) for i in range(nodes)})

@@ -12,7 +12,7 @@ import tensorflow as tf
 from iqcore import _registry as registry
 from iqcore import calibration
 from iqcore._quantizer import InferableQuantizer
-from iqcore.keras._fold import fold_batch_norms, split_separable
+from iqcore.keras._fold import affine_as_depthwise, fold_batch_norms, split_separable
 from iqcore.keras._graph import clone_layer, copy_weights, graph, input_names, rebuild
 from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, deserialize_quantizer, find_weight
 
@@ -25,7 +25,8 @@ PASS_THROUGH = (
     layers.InputLayer, layers.Flatten, layers.Reshape, layers.Permute, layers.Dropout, layers.SpatialDropout1D,
     layers.SpatialDropout2D, layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
     layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D, layers.Cropping1D,
-    layers.Cropping2D, layers.Cropping3D, layers.Identity, ActivationQuantizationHolder,
+    layers.Cropping2D, layers.Cropping3D, layers.Identity, layers.ZeroPadding1D, layers.ZeroPadding2D,
+    layers.ZeroPadding3D, ActivationQuantizationHolder,
 )
 
 #: Layers whose ReLU consumer the converter fuses into them (no int8 rounding between the two).
@@ -378,6 +379,39 @@ def _correct_biases(model, new, plan_w, input_stats) -> int:
     return corrected
 
 
+def _snap_biases(model, new, plan_a) -> int:
+    """Round each quantized layer's bias onto the int32 grid TFLite stores it on (step: the input holder's scale
+    times each output channel's weight scale), so that Keras adds the bias the interpreter adds. Layers whose
+    input grid is unknown (no holder upstream) keep theirs. Returns the number of layers snapped."""
+    producers, _ = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    snapped = 0
+    for wrapper in (layer for layer in new.layers if isinstance(layer, QuantizationWrapper)):
+        inner = wrapper.layer
+        upstream = _upstream_holder(inner.name, producers, by_name, plan_a)
+        info = registry.layer_info(inner)
+        if upstream is None or upstream.grid.axis is not None or info is None or not getattr(inner, "use_bias", 0):
+            continue
+        spec = info.weights[0]
+        q = wrapper.weights_quantizers.get(spec.name)
+        if q is None:
+            continue
+        kernel = wrapper.quantized_variables()[spec.name]
+        scale = q.quantization_params().scale.reshape(-1).astype(np.float64)
+        if q.grid.axis is not None and spec.input_axis is not None and \
+                q.grid.axis == spec.input_axis % kernel.shape.rank:  # depthwise: channel times multiplier
+            scale = np.repeat(scale, int(kernel.shape[-1]))
+        bias = find_weight(inner, "bias")
+        value = bias.numpy()
+        scale = np.broadcast_to(scale, value.shape) if scale.size == 1 else scale
+        if scale.shape != value.shape:
+            continue
+        step = float(np.float64(upstream.quantization_params().scale)) * scale
+        bias.assign((np.round(value.astype(np.float64) / step) * step).astype(value.dtype))
+        snapped += 1
+    return snapped
+
+
 def _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
                      bias_correction) -> None:
     if not isinstance(model, keras.Model):
@@ -404,7 +438,9 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     the float model is rewritten as int8 TFLite will run it (outputs unchanged up to float rounding): each
     ``SeparableConv2D`` ``s`` becomes a ``DepthwiseConv2D`` ``s`` and a 1x1 ``Conv2D`` ``s_pointwise``, and
     each ``BatchNormalization`` right after a convolution or Dense layer is folded into its kernel and bias
-    (``fold_batch_norm``), so that the quantizers describe the weights the int8 file holds. Then:
+    (``fold_batch_norm``), so that the quantizers describe the weights the int8 file holds; a batch norm that
+    cannot be folded, a ``Rescaling`` or a ``Normalization`` of an image becomes a 1x1 ``DepthwiseConv2D`` of the
+    same name (one int8 op instead of a float MUL and ADD). Then:
 
     * weights: each weight of a registered layer type (Conv1D/2D/3D, DepthwiseConv2D, Conv2DTranspose, Dense,
       and whatever plugins add through the ``register_layers`` hook, subclasses included) gets a
@@ -433,7 +469,8 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
         representative_data: Batches of inputs (an array, a list of batches, or a tf.data.Dataset).
         quantize_inputs: With ``activation_method``, also put a holder after each model input.
         bias_correction: Correct the biases of quantized layers (needs ``representative_data``).
-        fold_batch_norm: Fold batch normalization into the layer before it (False keeps it, in float).
+        fold_batch_norm: Fold batch normalization into the layer before it, or make it a 1x1 depthwise
+            convolution (False keeps it, in float).
         verbose: 0 silences the progress bar shown when calibration takes more than a few seconds.
 
     Returns:
@@ -452,6 +489,7 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     model = split_separable(model)
     if fold_batch_norm:
         model, _ = fold_batch_norms(model)
+    model = affine_as_depthwise(model, batch_norm=fold_batch_norm)
     if activation_method is not None:
         model = split_activations(model)
     plan_w = _plan_weights(model, weights_quantizers, weights_method, per_channel,
@@ -481,4 +519,5 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     copy_weights(model, new)
     if corrected_layers:
         _correct_biases(model, new, plan_w, inputs)
+    _snap_biases(model, new, plan_a)
     return new

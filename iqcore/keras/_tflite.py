@@ -4,12 +4,13 @@ Public names are re-exported by :mod:`iqcore.keras`."""
 from __future__ import annotations
 
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from iqcore._quantizer import InferableQuantizer
-from iqcore.keras._layers import QuantizationWrapper, export_form
+from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, export_form
 
 
 def export_problem(var, q: InferableQuantizer) -> str | None:
@@ -48,7 +49,46 @@ TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
 UNSUPPORTED_TFLITE = frozenset({"Conv2DTranspose", "Conv3D", "Conv3DTranspose", "Conv1DTranspose"})
 
 
-def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
+#: The narrowest activation range the converter keeps: it silently widens narrower ones (a holder's outputs
+#: would then not be the file's).
+MIN_ACTIVATION_RANGE = 1e-6
+
+
+class FloatSectionWarning(UserWarning):
+    """``to_tflite(allow_float=True)`` produced a file in which some activations stay float."""
+
+
+def float_tensors(flatbuffer: bytes) -> list[str]:
+    """Names of the activations computed in float in ``flatbuffer``: outputs of ops that are float32, and
+    the outputs of DEQUANTIZE ops (model inputs and outputs excepted)."""
+    reader = interpreter(flatbuffer)
+    details = {d["index"]: d for d in reader.get_tensor_details()}
+    io = {d["index"] for d in reader.get_input_details() + reader.get_output_details()}
+    found = []
+    for op in reader._get_ops_details():
+        for index in op["outputs"]:
+            d = details.get(int(index))
+            if d is not None and int(index) not in io and d["dtype"] == np.float32:
+                found.append(d["name"])
+    return found
+
+
+def _check_activation_ranges(model) -> None:
+    for layer in flatten_layers(model):
+        if not isinstance(layer, ActivationQuantizationHolder):
+            continue
+        g = layer.quantizer.grid
+        width = float(g.nudged_max - g.nudged_min)
+        if width < MIN_ACTIVATION_RANGE:
+            raise ValueError(
+                f"{layer.name}: its range [{float(g.nudged_min):.3g}, {float(g.nudged_max):.3g}] is narrower than "
+                f"{MIN_ACTIVATION_RANGE:g}, which the TFLite converter widens silently (the file would not compute "
+                "what the model computes); allowed: a wider range (calibrate on data that reaches it) or no holder "
+                "there"
+            )
+
+
+def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: bool = False) -> bytes:
     """Convert a quantized Keras model to a fully int8 TFLite flatbuffer that keeps the quantizers' grids.
 
     Weights of every :class:`QuantizationWrapper` become int8 with exactly their quantizer's scales (zero point
@@ -60,13 +100,16 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
         int8_io: Make the model's input and output int8 (else float32 with QUANTIZE/DEQUANTIZE ops).
         check: Re-open the flatbuffer and check every wrapped weight's scales and zero points against the
             quantizer's ``quantization_params()`` (RuntimeError on a difference).
+        allow_float: Accept a file in which some activations stay float (listed in a
+            :class:`FloatSectionWarning`); by default such a file is refused, naming them.
 
     Returns:
         The TFLite model as bytes.
 
     Raises:
         ValueError: If a weight cannot be int8 with zero point 0 (uniform weights with a zero point, more than
-            8 bits, a code at -128); the message names the layer and the fix.
+            8 bits, a code at -128), a holder's range is narrower than the converter keeps, or (without
+            ``allow_float``) some activations stay float; the message names the layer and the fix.
         RuntimeError: If ``check`` finds a scale that differs from the quantizer's.
     """
     wrappers = [layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)]
@@ -83,6 +126,7 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
             problem = export_problem(variables[name], q)
             if problem:
                 raise ValueError(f"{w.name}: weights_quantizers[{name!r}] cannot be exported to TFLite: {problem}")
+    _check_activation_ranges(model)
     with export_form(wrappers):
         converter = _converter(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -93,6 +137,14 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True) -> bytes:
     flatbuffer = restore_scales(flatbuffer, model)
     if check:
         check_tflite(flatbuffer, model)
+    floats = float_tensors(flatbuffer)
+    if floats:
+        shown = ", ".join(floats[:5]) + (f" and {len(floats) - 5} more" if len(floats) > 5 else "")
+        message = (f"{len(floats)} activations stay float in the TFLite file ({shown}): an op the converter "
+                   "cannot run in int8, or a layer without a holder after it")
+        if not allow_float:
+            raise ValueError(f"{message}; allowed: to_tflite(..., allow_float=True) to accept float sections")
+        warnings.warn(message, FloatSectionWarning, stacklevel=2)
     return flatbuffer
 
 
@@ -146,10 +198,20 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
     return bytes(buffer)
 
 
+def interpreter(flatbuffer: bytes, **kwargs):
+    """A TFLite interpreter for ``flatbuffer``: LiteRT's (``ai-edge-litert``) where it is installed, else
+    ``tf.lite.Interpreter`` (deprecated by TensorFlow in favour of LiteRT)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_content=flatbuffer, **kwargs)
+
+
 def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
     """``{(wrapper name, weight name): tensor details}`` of the wrapped weights in a :func:`to_tflite` file."""
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    details = interpreter.get_tensor_details()
+    reader = interpreter(flatbuffer)
+    details = reader.get_tensor_details()
     found = {}
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
         for name in w.weights_quantizers:
@@ -158,7 +220,7 @@ def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dic
             if len(hits) == 1:
                 d = dict(hits[0])
                 try:
-                    d["value"] = interpreter.get_tensor(d["index"])
+                    d["value"] = reader.get_tensor(d["index"])
                 except ValueError:
                     d["value"] = None
                 found[(w.name, name)] = d

@@ -1,0 +1,88 @@
+"""What ``quantize_model`` costs against one float forward pass over the same calibration data.
+
+    python bench/quantize_cost.py                         # chains of 10, 100, 1000 layers and three CNNs
+    python bench/quantize_cost.py --models ResNet50 --depths 10 100
+
+Reports, per model, the median time of ``quantize_model`` (symmetric weights, uniform activations, 32
+calibration images in batches of 16) and of one float forward pass over the same batches (eager, as the
+calibration pass runs), and their ratio; for the synthetic chains (Conv2D 1x1 + ReLU blocks) also the time
+per layer, which stays flat when the rebuild grows linearly with the layer count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+CNNS = {"ResNet50": (64, 64, 3), "DenseNet121": (64, 64, 3), "NASNetMobile": (96, 96, 3)}
+
+
+def chain(keras, depth: int):
+    inp = keras.Input((8, 8, 8))
+    x = inp
+    for i in range(depth // 2):
+        x = keras.layers.Conv2D(8, 1, name=f"c{i}")(x)
+        x = keras.layers.ReLU(name=f"r{i}")(x)
+    return keras.Model(inp, x)
+
+
+def measure(model, data, rounds: int) -> dict:
+    from iqcore import keras as iqkeras
+
+    float_times, quant_times = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for batch in data:
+            model(batch, training=False)
+        float_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            iqkeras.quantize_model(model, weights_method="symmetric", activation_method="uniform",
+                                   representative_data=data, verbose=0)
+        quant_times.append(time.perf_counter() - start)
+    f, q = statistics.median(float_times), statistics.median(quant_times)
+    return {"layers": len(model.layers), "float_pass_s": round(f, 3), "quantize_s": round(q, 3),
+            "ratio": round(q / f, 1), "ms_per_layer": round(1000 * q / len(model.layers), 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", type=int, nargs="*", default=[10, 100, 1000])
+    parser.add_argument("--models", nargs="*", default=list(CNNS), choices=list(CNNS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/quantize_cost.json")
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    keras = tf.keras
+    rows = []
+    rng = np.random.default_rng(0)
+    for depth in args.depths:
+        data = [rng.uniform(-1, 1, (16, 8, 8, 8)).astype(np.float32) for _ in range(2)]
+        rows.append({"model": f"chain of {depth}", **measure(chain(keras, depth), data, args.rounds)})
+        print(json.dumps(rows[-1]), flush=True)
+    for name in args.models:
+        shape = CNNS[name]
+        model = getattr(keras.applications, name)(weights=None, input_shape=shape, classes=10)
+        data = [rng.uniform(-1, 1, (16, *shape)).astype(np.float32) for _ in range(2)]
+        rows.append({"model": name, **measure(model, data, max(1, args.rounds - 2))})
+        print(json.dumps(rows[-1]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=2)
+    print("\n| model | layers | float pass (s) | quantize_model (s) | ratio | ms per layer |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['layers']} | {r['float_pass_s']} | {r['quantize_s']} | {r['ratio']} | "
+              f"{r['ms_per_layer']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Keras Applications through iqcore: quantize, reload, convert to int8 TFLite, and compare with the interpreter.
+
+    python bench/zoo.py                                  # every architecture, pot and symmetric weights
+    python bench/zoo.py --models MobileNetV2 ResNet50 --methods pot
+    python bench/zoo.py --docs docs/zoo.md               # also rewrite the table in docs/zoo.md
+
+No pretrained weights are reachable here: each model is randomly initialised with a fixed seed and its batch
+normalisation statistics are set from the calibration data (each layer's moving mean and variance become the
+statistics of its input on one batch), so activations have realistic ranges instead of the near-constant
+outputs of fresh statistics. Logits (no softmax) are compared, so that agreement is measured where it is hard.
+
+Columns: quantize time; SQNR of the quantized Keras model against float; batch norms folded; weighted layers
+quantized out of those present; the int8 interpreter against the quantized Keras model (largest difference
+in output steps, share of outputs off by more than half a step, top-1 agreement); file size; ratio of
+quantized to float latency (graph mode, batch 1, interleaved medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+ARCHITECTURES = {
+    "MobileNetV2": dict(alpha=0.35, input_shape=(96, 96, 3)),
+    "MobileNetV3Small": dict(input_shape=(96, 96, 3), minimalistic=False),  # rescales [0, 255] itself
+    "EfficientNetB0": dict(input_shape=(64, 64, 3)),  # rescales and normalises [0, 255] itself
+    "ResNet50": dict(input_shape=(64, 64, 3)),
+    "DenseNet121": dict(input_shape=(64, 64, 3)),
+    "NASNetMobile": dict(input_shape=(96, 96, 3)),
+}
+#: Models that take pixels in [0, 255] (they rescale inside); the others take [-1, 1].
+PIXEL_INPUT = {"MobileNetV3Small", "EfficientNetB0"}
+MARK_START, MARK_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def build(keras, name: str, seed: int):
+    keras.utils.set_random_seed(seed)
+    kwargs = dict(ARCHITECTURES[name], weights=None, classes=100)
+    if name != "NASNetMobile":
+        kwargs["classifier_activation"] = None
+    model = getattr(keras.applications, name)(**kwargs)
+    if name == "NASNetMobile":  # no classifier_activation argument: take the logits before its softmax
+        model = keras.Model(model.inputs, model.layers[-1].input)
+    return model
+
+
+def set_batch_norm_statistics(keras, model, batch: np.ndarray) -> int:
+    """Each BatchNormalization's moving statistics become its input's statistics on ``batch``; draws gamma and
+    beta. Returns the number of batch-norm layers."""
+    rng = np.random.default_rng(0)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        gamma, beta, _, _ = bn.get_weights()
+        bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                        rng.normal(0, 0.2, beta.shape).astype("float32"), *bn.get_weights()[2:]])
+        bn.momentum = 0.0
+    model(batch, training=True)  # with momentum 0, one training step sets the moving statistics
+    for bn in bns:
+        bn.momentum = 0.99
+    return len(bns)
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - other) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference.astype(np.float64) ** 2)) / noise)
+
+
+def interpreter_outputs(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
+    from iqcore.keras._tflite import interpreter
+
+    it = interpreter(flatbuffer)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    s_in, z_in = inp["quantization"]
+    it.set_tensor(inp["index"], np.clip(np.floor(x / s_in + 0.5) + z_in, -128, 127).astype(np.int8))
+    it.invoke()
+    s_out, z_out = out["quantization"]
+    return (it.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out, float(s_out)
+
+
+def latency_ratio(tf, float_model, quantized, x, rounds: int = 15) -> float:
+    f = tf.function(lambda t: float_model(t, training=False))
+    q = tf.function(lambda t: quantized(t, training=False))
+    for fn in (f, q):
+        fn(x)
+    ratios = []
+    for _ in range(rounds):
+        times = {}
+        for name, fn in (("f", f), ("q", q)):
+            start = time.perf_counter()
+            for _ in range(5):
+                fn(x)
+            times[name] = time.perf_counter() - start
+        ratios.append(times["q"] / times["f"])
+    return statistics.median(ratios)
+
+
+def run_one(name: str, method: str, seed: int = 0, calibration_images: int = 32) -> dict:
+    import tensorflow as tf
+
+    import iqcore
+    from iqcore import keras as iqkeras
+
+    keras = tf.keras
+    model = build(keras, name, seed)
+    shape = model.inputs[0].shape[1:]
+    rng = np.random.default_rng(seed)
+    low, high = (0.0, 255.0) if name in PIXEL_INPUT else (-1.0, 1.0)
+    data = rng.uniform(low, high, (calibration_images + 16, *shape)).astype(np.float32)
+    calibration = [data[i:i + 16] for i in range(0, calibration_images, 16)]
+    test = data[calibration_images:]
+    bn_count = set_batch_norm_statistics(keras, model, calibration[0])
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = iqkeras.quantize_model(model, weights_method=method, activation_method="uniform",
+                                           representative_data=calibration, verbose=0)
+    seconds = time.perf_counter() - start
+    float_out, q_out = model(test, training=False).numpy(), quantized(test, training=False).numpy()
+    registered = iqcore._registry.layer_info
+    weighted = [layer for layer in model.layers if registered(layer) is not None
+                or isinstance(layer, keras.layers.SeparableConv2D)]
+    wrappers = [layer for layer in quantized.layers if isinstance(layer, iqkeras.QuantizationWrapper)]
+    from iqcore.keras._fold import fold_batch_norms, split_separable
+
+    folded = len(fold_batch_norms(split_separable(model))[1])
+    bns_left = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in quantized.layers)
+    row = {"model": name, "method": method, "quantize_s": round(seconds, 1),
+           "sqnr_db": round(sqnr_db(float_out, q_out), 2), "bn": bn_count, "bn_folded": folded,
+           "bn_depthwise": bn_count - folded - bns_left,
+           "weighted": len(weighted), "quantized": len(wrappers)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flatbuffer = iqkeras.to_tflite(quantized, allow_float=True)
+    except Exception as e:  # noqa: BLE001 - the table reports why a model did not convert
+        row["tflite"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return row
+    lite, step = interpreter_outputs(flatbuffer, test)
+    off = np.abs(lite - q_out) / step
+    ops = [op["op_name"] for op in iqkeras._tflite.interpreter(flatbuffer)._get_ops_details()]
+    row.update(float_tensors=len(iqkeras._tflite.float_tensors(flatbuffer)), tflite_kb=round(len(flatbuffer) / 1024),
+               max_steps=round(float(off.max()), 2),
+               off_pct=round(100 * float(np.mean(off > 0.5)), 2),
+               top1_pct=round(100 * float(np.mean(np.argmax(lite, -1) == np.argmax(q_out, -1))), 1),
+               float_ops=sum(op in ("DEQUANTIZE", "QUANTIZE") for op in ops), mul_ops=ops.count("MUL"),
+               latency_ratio=round(latency_ratio(tf, model, quantized, test[:1]), 3))
+    return row
+
+
+HEADER = ("model", "weights", "quantize (s)", "SQNR (dB)", "BN folded / as 1x1 depthwise", "layers quantized",
+          "TFLite max steps", "% outputs off", "top-1 agree %", "float tensors", "TFLite KB", "latency vs float")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        if "tflite" in r:
+            tail = [f"not converted: {r['tflite']}"] + [""] * 6
+        else:
+            tail = [r["max_steps"], r["off_pct"], r["top1_pct"], r["float_tensors"], r["tflite_kb"],
+                    r["latency_ratio"]]
+        cells = [r["model"], r["method"], r["quantize_s"], r["sqnr_db"],
+                 f"{r['bn_folded']} / {r['bn_depthwise']} of {r['bn']}",
+                 f"{r['quantized']}/{r['weighted']}", *tail]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--methods", nargs="+", default=["pot", "symmetric"])
+    parser.add_argument("--out", default="bench/results/zoo.json")
+    parser.add_argument("--docs", help="rewrite the table between the zoo markers of this Markdown file")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models:
+        for method in args.methods:
+            start = time.perf_counter()
+            try:
+                row = run_one(name, method)
+            except Exception as e:  # noqa: BLE001 - one architecture's failure is a row, not the end of the run
+                row = {"model": name, "method": method, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=2)
+    table = markdown([r for r in rows if "error" not in r])
+    errors = [f"- {r['model']} ({r['method']}): {r['error']}" for r in rows if "error" in r]
+    print(table)
+    if args.docs:
+        import tensorflow as tf
+
+        stamp = (f"Measured {datetime.date.today()} with TensorFlow {tf.__version__}: "
+                 f"`python bench/zoo.py --docs {args.docs}`.")
+        text = open(args.docs).read()
+        start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
+        block = "\n".join([table, "", *errors, "" if errors else "", stamp])
+        with open(args.docs, "w") as f:
+            f.write(text[:start] + "\n" + block + "\n" + text[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
