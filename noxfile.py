@@ -6,12 +6,15 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
 PLUGINS = ["-e", "plugins/iq-pot", "-e", "plugins/iq-symmetric", "-e", "plugins/iq-uniform"]
+# The ONNX exporter plugin (tf2onnx, onnx, onnxruntime): installed where the newest TensorFlow runs; its tests
+# skip where it is absent.
+ONNX = ["-e", "plugins/iq-onnx"]
 
 
 @nox.session(python="3.11")
 def tests(session):
     """The default test suite on the newest TensorFlow."""
-    session.install("-e", ".[cpu,test]", *PLUGINS)
+    session.install("-e", ".[cpu,test]", *PLUGINS, *ONNX)
     session.run("pytest", "-q", *session.posargs)
 
 
@@ -21,13 +24,13 @@ def tests(session):
 # nox finds each interpreter as ``pythonX.Y`` on PATH; with pyenv, expose them all first, e.g.
 #   PYENV_VERSION=3.13.0:3.12.1:3.11.7:3.10.13 nox -s matrix
 MATRIX = [
-    ("3.10", "2.21.0", "keras==3.15.1", False),
+    ("3.10", "2.21.0", "keras==3.12.1", False),  # the newest Keras for Python 3.10
     ("3.11", "2.15.1", "keras==2.15.0", False),
     ("3.12", "2.16.2", "keras==3.3.3", False),
     ("3.13", "2.21.0", "keras==3.15.1", False),
     ("3.12", "2.21.0", "tf-keras==2.21.0", True),
 ]
-MATRIX_IDS = ["py3.10-tf2.21-keras3", "tf2.15-keras2", "tf2.16-keras3", "tf2.21-keras3", "tf2.21-tf_keras"]
+MATRIX_IDS = ["py3.10-tf2.21-keras3.12", "tf2.15-keras2", "tf2.16-keras3", "tf2.21-keras3", "tf2.21-tf_keras"]
 
 
 @nox.session
@@ -53,7 +56,7 @@ def lint(session):
 @nox.session(python="3.11")
 def typecheck(session):
     """mypy on iqcore and the plugins (TensorFlow is untyped: its imports are ignored)."""
-    session.install("-e", ".[lint]", *PLUGINS)
+    session.install("-e", ".[lint]", *PLUGINS, *ONNX)
     session.run("mypy")  # files and options: [tool.mypy] in pyproject.toml
 
 
@@ -114,3 +117,34 @@ def calibration_mct(session):
     args = session.posargs or ["--weights", "bench/results/digits_cnn_float.npz",
                                "--out", "bench/results/calibration_mct.json"]
     session.run("python", "bench/calibration_mct.py", *args)
+
+
+# -- XLA kernel forms per TensorFlow version (issue 12) ---------------------------------------------------------
+# (tensorflow-cpu, keras): Keras pinned to a release of the same period; Python 3.11 has wheels for all of them.
+XLA_PROOF = [
+    ("2.15.1", "keras==2.15.0"),
+    ("2.16.2", "keras==3.3.3"),
+    ("2.17.1", "keras==3.4.1"),
+    ("2.18.1", "keras==3.6.0"),
+    ("2.19.1", "keras==3.9.2"),
+    ("2.20.0", "keras==3.11.3"),
+    ("2.21.0", "keras==3.15.1"),
+]
+
+
+@nox.session(python="3.11")
+@nox.parametrize(("tensorflow", "keras"), XLA_PROOF, ids=[f"tf{tf}" for tf, _ in XLA_PROOF])
+def xla_proof(session, tensorflow, keras):
+    """Which forms of the XLA-context kernel are bit-exact on one TensorFlow version (bench/xla_proof.py);
+    the verdicts fill ``XLA_PROVEN`` in iqcore/_kernels.py and docs/versions.md."""
+    session.install(f"tensorflow-cpu=={tensorflow}", keras, "-e", ".[test]", *PLUGINS)
+    session.run("python", "bench/xla_proof.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def mct_fixtures(session):
+    """Regenerate tests/fixtures/*.keras|h5|npz: small models written with the seed's library (mct-quantizers
+    1.7.0 and MCT 2.6.1 on TensorFlow 2.15, Keras 2) and the seed's outputs on a fixed input, for iqcore's loader
+    tests. The seed's packages are installed here only, never as dependencies of iqcore."""
+    session.install("tensorflow-cpu==2.15.1", "model-compression-toolkit==2.6.1", "mct-quantizers==1.7.0")
+    session.run("python", "tests/fixtures/make_mct_models.py", *(session.posargs or ["tests/fixtures"]))

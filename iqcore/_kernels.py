@@ -13,9 +13,16 @@ Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactne
   double rounding is innocuous for +, -, * at 53 vs 24 bits.
 * XLA on CPU fuses ``a * b - c`` into an FMA. No product here feeds an addition directly.
 
+Some XLA versions also drop a float64 -> float32 -> float64 round trip of casts (TF 2.16, 2.17), so the safe form
+of the kernel (``staged``) rounds to float32 precision with integer operations on the bit pattern. Cheaper
+forms (:data:`XLA_FORMS`) are used under an enclosing XLA compilation only on the TensorFlow versions where
+``bench/xla_proof.py`` proved them exact (:data:`XLA_PROVEN`); any other version runs ``staged``.
+
 Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
 it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
-op is lowered with a different formula, so there the broadcasting kernel runs instead.
+op is lowered with a different formula, so there the broadcasting kernel runs instead. When XLA
+auto-clustering is on (:func:`auto_jit`), graphs run the staged kernel whatever the grid: the clustering may
+compile TensorFlow's op, or the other kernels' constants, without any ``jit_compile`` context to detect.
 
 Speed (see docs/performance.md; every path performs the reference's float32 operations in its order):
 
@@ -34,7 +41,9 @@ Speed (see docs/performance.md; every path performs the reference's float32 oper
   place on one array (IEEE float32: the reference itself; cheaper than dispatching TensorFlow ops, and
   lighter than running the staged kernel op by op). The compiled kernel takes over from the second call
   with a shape, or at once for tensors of at least ``COMPILE_AT_ONCE`` elements; it is called by name,
-  skipping ``tf.function``'s Python dispatch.
+  skipping ``tf.function``'s Python dispatch. Results of at most ``TINY_EAGER`` elements are written into
+  a per-thread 64-byte-aligned arena and handed to TensorFlow through DLPack without a copy (wrapping a
+  NumPy array costs more than the arithmetic there).
 * The grid's parameters are laid out and converted to tensors once per grid and cached, so an eager
   per-tensor call is one TensorFlow op.
 * ``IQCORE_XLA=0`` in the environment turns the separately compiled kernel off (NumPy eagerly, :func:`steps`
@@ -43,6 +52,7 @@ Speed (see docs/performance.md; every path performs the reference's float32 oper
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import weakref
@@ -53,6 +63,20 @@ import tensorflow as tf
 
 from iqcore import _grid as grid_lib
 from iqcore._grid import Grid
+
+
+def _clip_ufunc() -> Callable[..., np.ndarray]:
+    """The clip ufunc itself (numpy._core in NumPy 2, numpy.core in 1.x): np.clip's Python wrapper costs more
+    than the operation on a tiny array."""
+    for name in ("numpy._core.umath", "numpy.core.umath"):
+        try:
+            return importlib.import_module(name).clip
+        except (ImportError, AttributeError):
+            continue
+    return np.clip
+
+
+_clip = _clip_ufunc()
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -66,6 +90,7 @@ USE_XLA = os.environ.get("IQCORE_XLA", "1").strip().lower() not in {"0", "false"
 with tf.init_scope():  # this module may first be imported while a tf.function is being traced
     _EagerTensor = type(tf.constant(0.0))
 _FLOAT32 = tf.float32
+_HALF = np.float32(0.5)
 
 
 def _eager_constant_factory():
@@ -88,11 +113,63 @@ def _eager_constant_factory():
 
 _eager_constant = _eager_constant_factory()
 
+#: Eager per-channel results of at most this many elements are written into a shared aligned arena and handed
+#: to TensorFlow without a copy (see :func:`_adopt_factory`).
+TINY_EAGER = 256
+_ARENA_FLOATS = 4096  # one arena: 16 KiB, carved into 64-byte-aligned slices, kept alive by its slices
+_ALIGN_FLOATS = 16  # 64 bytes: the alignment TensorFlow's CPU kernels assume (Eigen's largest)
 
-def _as_numpy(x) -> np.ndarray:
-    """An eager tensor's buffer as a NumPy array, without the copy ``.numpy()`` makes when it can."""
-    view = getattr(x, "_numpy", None)
-    return view() if view is not None else x.numpy()
+
+class _Arena(threading.local):
+    """Per-thread aligned float32 memory for tiny eager results."""
+
+    def __init__(self):
+        self.buf = np.empty(0, np.float32)
+        self.pos = 0
+
+
+_arena = _Arena()
+
+
+def _aligned_empty(shape: tuple, size: int) -> np.ndarray:
+    """A new float32 array of ``shape`` (``size`` <= ``TINY_EAGER`` elements) starting on a 64-byte boundary."""
+    arena = _arena
+    pos = arena.pos
+    if pos + size > arena.buf.size:
+        raw = np.empty(_ARENA_FLOATS + _ALIGN_FLOATS, np.float32)
+        start = (-raw.ctypes.data % (4 * _ALIGN_FLOATS)) // 4
+        arena.buf = raw[start:start + _ARENA_FLOATS]
+        pos = 0
+    arena.pos = pos + -(-size // _ALIGN_FLOATS) * _ALIGN_FLOATS
+    return arena.buf[pos:pos + size].reshape(shape)
+
+
+def _adopt_factory():
+    """The cheapest way to hand a fresh, 64-byte-aligned float32 array to TensorFlow as an eager CPU tensor:
+    DLPack, which shares the buffer instead of copying it (the ``EagerTensor`` constructor costs several times
+    more). TensorFlow's DLPack import does not check alignment, hence :func:`_aligned_empty`. None when GPUs
+    are visible (results then follow the current device, as :func:`_eager_constant` places them) or when the
+    entry point moved."""
+    try:
+        if tf.config.list_physical_devices("GPU"):
+            return None
+        from tensorflow.python import pywrap_tfe
+        from tensorflow.python.eager import context
+
+        def adopt(a: np.ndarray) -> tf.Tensor:
+            return pywrap_tfe.TFE_FromDlpackCapsule(a.__dlpack__(), context.context()._handle)
+
+        probe = _aligned_empty((3,), 3)
+        probe[:] = (1.0, -2.0, np.nan)
+        y = adopt(probe)
+        if type(y) is _EagerTensor and y.dtype == tf.float32 and np.array_equal(y.numpy(), probe, equal_nan=True):
+            return adopt
+    except Exception:  # noqa: BLE001 - a private entry point that moved: results are copied instead
+        pass
+    return None
+
+
+_adopt = _adopt_factory()
 
 
 def in_xla_context() -> bool:
@@ -176,19 +253,26 @@ def _rounded(x64: tf.Tensor) -> tf.Tensor:
     return tf.bitcast(bits, tf.float64)
 
 
-def _staged_steps(x32, nmin, nmax, reciprocal, quant_zero):
+def _rounded_by_casts(x64: tf.Tensor) -> tf.Tensor:
+    """Round float64 values to float32 precision by a float32 round trip of casts (exact only where the
+    compiler keeps the round trip; see ``XLA_PROVEN``)."""
+    return tf.cast(tf.cast(x64, tf.float32), tf.float64)
+
+
+def _staged_steps(x32, nmin, nmax, reciprocal, quant_zero, rounded=_rounded):
     """Signed integer steps of float32 ``x32`` on laid-out NumPy parameters, safe with constant parameters.
 
     Each float32 operation of TensorFlow's kernel is done in float64, where it is exact (the division is a
     multiply by the float64 reciprocal, within 2**-52 of the quotient, see the module docstring), then rounded
     to float32 precision by :func:`_rounded`: double rounding is innocuous at 53 vs 24 bits, and no optimizer
     can fold constants across the integer rounding (XLA folds ``(x - c1) - c2`` into ``x - (c1 + c2)``
-    otherwise, dropping the rounding of ``x - nmin``).
+    otherwise, dropping the rounding of ``x - nmin``). ``rounded`` swaps in another rounding for
+    :data:`XLA_FORMS`.
     """
     clamped = tf.cast(_clamp(x32, nmin, nmax), tf.float64)
-    shifted = _rounded(clamped - nmin.astype(np.float64))
-    scaled = _rounded(shifted * reciprocal)
-    centred = _rounded(scaled - quant_zero.astype(np.float64))
+    shifted = rounded(clamped - nmin.astype(np.float64))
+    scaled = rounded(shifted * reciprocal)
+    centred = rounded(scaled - quant_zero.astype(np.float64))
     return tf.floor(tf.cast(centred + 0.5, tf.float32))
 
 
@@ -197,11 +281,84 @@ def steps(x32: tf.Tensor, grid: Grid) -> tf.Tensor:
     return _staged_steps(x32, *_plan(grid).staged)
 
 
-def _kernel(x32, grid: Grid) -> tf.Tensor:
-    """The whole float64-staged kernel (inlined under an enclosing XLA compilation, op by op in graphs with
-    ``IQCORE_XLA=0``)."""
+def _kernel(x32, grid: Grid, form: str = "staged") -> tf.Tensor:
+    """The whole kernel with the grid's parameters as constants, in one of :data:`XLA_FORMS`: ``"staged"``
+    everywhere (op by op in graphs with ``IQCORE_XLA=0`` or under auto-clustering), the form chosen for the
+    running TensorFlow (:data:`XLA_FORM_PER_TENSOR`, :data:`XLA_FORM_PER_CHANNEL`) inlined under an
+    enclosing XLA compilation."""
     plan = _plan(grid)
-    return _staged_steps(x32, *plan.staged) * plan.np_ref[0]
+    nmin, nmax, reciprocal, quant_zero = plan.staged
+    scale = plan.np_ref[0]
+    if form == "staged":
+        return _staged_steps(x32, nmin, nmax, reciprocal, quant_zero) * scale
+    if form == "cast":
+        return _staged_steps(x32, nmin, nmax, reciprocal, quant_zero, _rounded_by_casts) * scale
+    if form == "lean":  # float32 where one operation rounds once; float64 rounded by casts where XLA could fold
+        shifted = _clamp(x32, nmin, nmax) - nmin
+        scaled = tf.cast(shifted, tf.float64) * reciprocal
+        centred = tf.cast(_rounded_by_casts(scaled) - quant_zero.astype(np.float64), tf.float32)
+        return tf.floor(centred + 0.5) * scale
+    if form == "mixed":  # float32 steps, the division as a float64 multiply rounded by a cast
+        scaled = tf.cast(tf.cast(_clamp(x32, nmin, nmax) - nmin, tf.float64) * reciprocal, tf.float32)
+        return tf.floor(scaled - quant_zero + 0.5) * scale
+    if form == "float32":  # the reference's float32 operations literally, division included
+        return _kernel_float32(x32, nmin, nmax, quant_zero, scale)
+    if form == "tf_op" and grid.axis is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range)
+    raise ValueError(f"unknown kernel form {form!r} for this grid; allowed: {', '.join(XLA_FORMS)}")
+
+
+#: The forms of the kernel under an enclosing XLA compilation, cheapest first. ``tf_op``: TensorFlow's own
+#: per-tensor op (XLA lowers it with its own formula); ``float32``: the reference's float32 operations with
+#: constant parameters (exposed to XLA's rewrite of ``x / c``); ``mixed``: float32 steps, the division as a
+#: float64 multiply rounded by casts; ``lean``: float32 where one operation rounds once, float64 rounded by
+#: casts around the division and the subtraction of the zero point (where XLA folds float32 constants);
+#: ``cast``: every step in float64, rounded by a float32 round trip of casts; ``staged``: every step in
+#: float64, rounded with integer operations (exact on any compiler).
+XLA_FORMS = ("tf_op", "float32", "mixed", "lean", "cast", "staged")
+
+#: TensorFlow versions on which ``bench/xla_proof.py`` proved forms bit-exact under XLA (``jit_compile=True``
+#: and Keras ``jit_compile`` models, per-tensor and per-channel, bit widths 2..16, probe inputs): version ->
+#: (forms proven per-tensor, forms proven per-channel). A version not listed runs ``staged``. The results of
+#: each run are in docs/versions.md.
+XLA_PROVEN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "2.15.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+    "2.16.2": (("staged",), ("staged",)),
+    "2.17.1": (("staged",), ("staged",)),
+    "2.18.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+    "2.19.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+    "2.20.0": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+    "2.21.0": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+}
+
+
+def xla_forms(version: str) -> tuple[str, str]:
+    """The cheapest forms proven on TensorFlow ``version``: (per-tensor, per-channel), ``staged`` otherwise."""
+    per_tensor, per_channel = XLA_PROVEN.get(version, ((), ()))
+    return (next((f for f in XLA_FORMS if f in per_tensor), "staged"),
+            next((f for f in XLA_FORMS if f in per_channel and f != "tf_op"), "staged"))
+
+
+_ENV_FORM = os.environ.get("IQCORE_XLA_FORM", "").strip()
+#: The forms used under an enclosing XLA compilation on the running TensorFlow (``IQCORE_XLA_FORM=staged``
+#: forces the safe form; ``bench/xla_proof.py`` sets a form to test it).
+XLA_FORM_PER_TENSOR, XLA_FORM_PER_CHANNEL = (
+    (_ENV_FORM, _ENV_FORM) if _ENV_FORM in XLA_FORMS else xla_forms(tf.__version__))
+
+
+def auto_jit() -> bool:
+    """Whether XLA auto-clustering may compile graph ops (``TF_XLA_FLAGS=--tf_xla_auto_jit=...`` or
+    ``tf.config.optimizer.set_jit(True)``): there constants reach XLA without ``jit_compile``."""
+    for flag in os.environ.get("TF_XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name in ("--tf_xla_auto_jit", "--tf_xla_cpu_global_jit") and value.strip().lower() not in (
+                "0", "-1", "false", "off"):
+            return True
+    try:
+        return bool(tf.config.optimizer.get_jit())
+    except Exception:  # noqa: BLE001 - an API that moved: assume auto-clustering may be on
+        return True
 
 
 def _kernel_float32(x32, nmin, nmax, quant_zero32, scale):
@@ -246,6 +403,7 @@ class _Plan:
         self.staged = (nmin, nmax, np.reshape(grid.reciprocal, grid.broadcast_shape()), quant_zero)
         self.axis: int = -1 if grid.axis is None else grid.axis  # -1: per-tensor (never used for a channel)
         self.last = grid.axis is not None and grid.rank is not None and grid.axis == grid.rank - 1
+        self.rank, self.channels = grid.rank, grid.channels
         # 1-d parameters for the compiled kernel, which lays them out itself.
         self.arrays32 = tuple(np.ravel(a) for a in (nmin, nmax, quant_zero, scale))
         with tf.init_scope():  # eager tensors even when the first call happens while tracing a graph
@@ -261,6 +419,20 @@ class _Plan:
         """:func:`iqcore._grid.fake_quant` with the parameters laid out in advance (the reference itself)."""
         y = grid_lib.steps_laid_out(x, *self.np_ref)
         return np.multiply(y, self.np_ref[0], out=y)
+
+    def numpy_fake_quant_into(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """:meth:`numpy_fake_quant` written into ``y``: :func:`iqcore._grid.steps_laid_out`'s float32 operations
+        in its order, then the rescale."""
+        scale, nmin, nmax, quant_zero = self.np_ref
+        # One clip for maximum-then-minimum: the same values, NaN kept, except that -0.0 may stay -0.0 where
+        # maximum gives 0.0 against a zero bound, which the shift by nmin and the + 0.5 below erase.
+        _clip(x, nmin, nmax, out=y)
+        np.subtract(y, nmin, out=y)
+        np.divide(y, scale, out=y)
+        np.subtract(y, quant_zero, out=y)
+        np.add(y, _HALF, out=y)
+        np.floor(y, out=y)
+        return np.multiply(y, scale, out=y)
 
     def run_compiled(self, x: tf.Tensor) -> tf.Tensor:
         """Run the compiled kernel eagerly on ``x`` (rank-generic: XLA compiles once per concrete shape)."""
@@ -335,11 +507,13 @@ def _eager_float32(x: tf.Tensor, grid: Grid) -> tf.Tensor:
         return tf.raw_ops.FakeQuantWithMinMaxVars(
             inputs=x, min=plan.min, max=plan.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
         )
-    a = _as_numpy(x)  # a read-only view of the tensor's buffer, not a copy
+    a = x._numpy()  # a read-only view of the tensor's buffer, not a copy
     shape = a.shape
-    if len(shape) != grid.rank or shape[grid.axis] != grid.channels:
+    if len(shape) != plan.rank or shape[plan.axis] != plan.channels:
         check_layout(x, grid)  # raises the full error
     elements = a.size
+    if elements <= TINY_EAGER and _adopt is not None and elements:
+        return _adopt(plan.numpy_fake_quant_into(a, _aligned_empty(shape, elements)))
     if elements > SMALL_EAGER and USE_XLA and plan.compile_now(shape, elements):
         return plan.run_compiled(x)
     return _eager_constant(plan.numpy_fake_quant(a))
@@ -358,11 +532,17 @@ def fake_quant(x, grid: Grid) -> tf.Tensor:
     x32 = tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
     if type(x32) is _EagerTensor:
         y = _eager_float32(x32, grid)
-    elif grid.axis is None and not in_xla_context():
+    elif in_xla_context():
+        y = _kernel(x32, grid, XLA_FORM_PER_TENSOR if grid.axis is None else XLA_FORM_PER_CHANNEL)
+    elif auto_jit():
+        # Auto-clustering may hand any of these ops to XLA with the parameters as constants, or leave them to
+        # Grappler: only the staged form is exact under both.
+        y = _kernel(x32, grid)
+    elif grid.axis is None:
         y = tf.quantization.fake_quant_with_min_max_vars(
             x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range
         )
-    elif USE_XLA and not in_xla_context():
+    elif USE_XLA:
         # PlaceholderWithDefault keeps the parameters run-time values: Grappler's constant folding never folds
         # a placeholder (grappler/op_types.cc IsPlaceholder), so neither it nor XLA sees constants to rewrite
         # and the float32 kernel is exact (see _kernel_float32).

@@ -266,6 +266,15 @@ def threshold_range(thresholds: list[float], num_bits: int, signed: bool, narrow
     return np.zeros_like(t), t - (2 * step if narrow_range else step)
 
 
+def unused_rank(per_channel, input_rank):
+    """``input_rank``, or None for the ``input_rank=0`` that the seed's toolchain writes per tensor
+    (``{'per_channel': False, 'channel_axis': 1, 'input_rank': 0}``), where no rank is used."""
+    if per_channel is False and isinstance(input_rank, (int, np.integer)) and not isinstance(input_rank, bool) \
+            and input_rank == 0:
+        return None
+    return input_rank
+
+
 class ThresholdQuantizer(InferableQuantizer):
     """Shared by the threshold bases: T is validated by :meth:`check_threshold`, which methods extend."""
 
@@ -273,10 +282,18 @@ class ThresholdQuantizer(InferableQuantizer):
         """Validate thresholds (each > 0); methods with stricter rules (power of two) extend this."""
         return v.check_positive("threshold", values)
 
+    #: The grid's ends, one per threshold, as lists of floats (the seed's ``min_range``/``max_range``):
+    #: ``[-T]``/``[T - s]`` signed, ``[0.0]``/``[T - s]`` unsigned (``narrow_range`` drops the end code).
+    min_range: list[float]
+    max_range: list[float]
+    signed: bool
+
     def _set_threshold_grid(self, threshold, signed: bool, axis=None) -> None:
         self.threshold = self.check_threshold(v.check_floats("threshold", threshold))
         v.check_count("threshold", self.threshold, axis is not None)
         low, high = threshold_range(self.threshold, self.num_bits, signed, self.narrow_range)
+        self.min_range = [float(x) for x in np.atleast_1d(low)]
+        self.max_range = [float(x) for x in np.atleast_1d(high)]
         if axis is None:
             low, high = low[0], high[0]
         rank = None if axis is None else self.input_rank
@@ -312,7 +329,8 @@ class ThresholdWeightsQuantizer(ThresholdQuantizer):
                  narrow_range=False):
         self.num_bits = v.check_num_bits(num_bits)
         self.narrow_range = v.check_bool("narrow_range", narrow_range)
-        axis = self.set_layout(per_channel, channel_axis, input_rank)
+        self.signed = True  # weights grids are always signed (the seed's ``signed`` property)
+        axis = self.set_layout(per_channel, channel_axis, unused_rank(per_channel, input_rank))
         self._set_threshold_grid(threshold, signed=True, axis=axis)
 
     @classmethod

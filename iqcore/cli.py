@@ -1,5 +1,5 @@
-"""The ``iqcore`` command line: ``list``, ``inspect MODEL``, ``export MODEL OUT``, ``demo``, and plugins'
-commands.
+"""The ``iqcore`` command line: ``list``, ``inspect MODEL``, ``export MODEL OUT``, ``convert OLD NEW``, ``demo``,
+and plugins' commands.
 
     iqcore list                          # installed methods and targets, and plugins that failed to load
     iqcore inspect model.keras           # each quantized layer of a saved model
@@ -19,6 +19,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
+
+import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -166,6 +168,80 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- iqcore convert -------------------------------------------------------------------------------------------
+def _cmd_convert(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.old):
+        raise CommandError(f"no such file: {args.old}")
+    if not args.new.endswith((".keras", ".h5")):
+        raise CommandError(f"NEW must end in .keras or .h5; got {args.new!r}")
+    try:
+        from iqcore import keras as iqkeras
+        from iqcore.keras import _seed_models as seed
+        from iqcore.keras._tflite import export_problem, flatten_layers
+    except ImportError as e:
+        raise CommandError(f"the Keras integration (iqcore.keras) is not available: {e}") from None
+    try:
+        if seed.is_seed_model(args.old):
+            model, mapped = seed.load_seed_model(args.old)
+        else:
+            model, mapped = iqkeras.load_model(args.old), []
+    except (ValueError, TypeError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommandError(f"cannot convert {args.old}: {reason}") from None
+    for line in mapped:
+        print(f"mapped {line}")
+    if not mapped:
+        print(f"{args.old}: no seed layers (already an iqcore model)")
+    if args.narrow_range:
+        moved = seed.narrow_weights(model)
+        for m in moved:
+            print(f"narrow range: {m}")
+        if not moved:
+            print("narrow range: no weight on code -128; nothing moved")
+    else:
+        for layer in flatten_layers(model):
+            if isinstance(layer, iqkeras.QuantizationWrapper):
+                for name, q in layer.weights_quantizers.items():
+                    if "code -128" in (export_problem(layer.quantized_variables()[name], q) or ""):
+                        print(f"note: {layer.name}/{name} has weights on code -128: int8 TFLite export refuses it; "
+                              "rerun with --narrow-range to move them onto the narrow-range grid")
+    model.save(args.new)
+    print(f"wrote {args.new} ({os.path.getsize(args.new)} bytes)")
+    return EXIT_OK
+
+
+# -- iqcore compare ------------------------------------------------------------------------------------------
+def _cmd_compare(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.tflite):
+        raise CommandError(f"no such file: {args.tflite}")
+    model = _load_saved_model(args.model)
+    from iqcore import keras as iqkeras
+
+    if len(model.inputs) != 1:
+        raise CommandError(f"{args.model} has {len(model.inputs)} inputs; compare takes models with one input")
+    holders = [layer for layer in iqkeras.flatten_layers(model)
+               if isinstance(layer, iqkeras.ActivationQuantizationHolder)]
+    low, high = -1.0, 1.0
+    if holders and holders[0].input is model.inputs[0]:  # the input holder's range
+        params = holders[0].quantizer.quantization_params()
+        low = float((int(params.qmin) - int(params.zero_point)) * params.scale)
+        high = float((int(params.qmax) - int(params.zero_point)) * params.scale)
+    shape = [args.samples, *[int(d) for d in model.inputs[0].shape[1:]]]
+    x = np.random.default_rng(args.seed).uniform(low, high, shape).astype(np.float32)
+    with open(args.tflite, "rb") as f:
+        rows = iqkeras.compare(model, f.read(), x)
+    table = [(r.layer, "-" if r.tensor is None else r.tensor.split(";")[0][-48:], r.values,
+              "-" if r.tensor is None else f"{100 * r.differ / max(r.values, 1):.2f}",
+              "-" if r.tensor is None else f"{r.max_steps:g}") for r in rows]
+    print(_table(("HOLDER", "TFLITE TENSOR", "VALUES", "% DIFFER", "MAX STEPS"), table))
+    first = next((r for r in rows if r.tensor is not None and r.max_steps > 1.0), None)
+    unmatched = sum(r.tensor is None for r in rows)
+    print(f"\n{len(rows) - unmatched} of {len(rows)} holders matched a tensor of the file ({args.samples} inputs); "
+          + (f"first more than one step apart: {first.layer} ({first.max_steps:g} steps)" if first else
+             "none is more than one step apart"))
+    return EXIT_OK
+
+
 # -- iqcore demo ----------------------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
     from iqcore import demo
@@ -250,6 +326,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", metavar="NAME", help="the format (default: the one whose suffix OUT has)")
     p.add_argument("--list", action="store_true", help="list the installed formats and exit")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("convert", help="rewrite a model saved with the seed's layers (mct-quantizers) as iqcore's",
+                       description="Load a .keras or .h5 file written with mct-quantizers layers (or an iqcore "
+                                   "model), map each seed layer and quantizer to iqcore's, print what was mapped, "
+                                   "and save the result. Look-up-table quantizers and positional constants are "
+                                   "refused, naming the layer.")
+    p.add_argument("old", metavar="OLD", help="the saved model (.keras or .h5)")
+    p.add_argument("new", metavar="NEW", help="the file to write (.keras or .h5)")
+    p.add_argument("--narrow-range", action="store_true",
+                   help="move weights on code -128 onto the narrow-range grid (needed for int8 TFLite); prints "
+                        "how many weights moved and by how much")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("compare", help="where a quantized model and its int8 TFLite file part ways, layer by layer",
+                       description="Run a saved quantized model and its int8 TFLite file on the same random inputs "
+                                   "(uniform over the input holder's range) and print, for each activation holder, "
+                                   "the file's tensor on the same grid, how many values differ and by how many "
+                                   "steps, and the first holder more than one step apart.")
+    p.add_argument("model", metavar="MODEL", help="the saved quantized model (.keras)")
+    p.add_argument("tflite", metavar="TFLITE", help="its int8 TFLite file")
+    p.add_argument("--samples", type=_positive_int, default=8, help="inputs to compare on (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default: %(default)s)")
+    p.set_defaults(func=_cmd_compare)
     _plugin_commands(sub)
     return parser
 
@@ -261,12 +360,17 @@ def _plugin_commands(sub) -> None:
 
     pm = plugins.get_plugin_manager()
     for impl in pm.hook.register_commands.get_hookimpls():
-        before = dict(sub.choices)
+        before, listed = dict(sub.choices), list(sub._choices_actions)
         try:
             impl.function(subparsers=sub)
+            # Python 3.11+ raises on a taken name; 3.10 silently replaces the command.
+            taken = [name for name in before if sub.choices.get(name) is not before[name]]
+            if taken:
+                raise ValueError(f"the command {taken[0]!r} already exists")
         except Exception as e:  # noqa: BLE001 - a plugin's bad command must not break the CLI
-            for name in set(sub.choices) - set(before):
-                del sub.choices[name]
+            sub.choices.clear()
+            sub.choices.update(before)
+            sub._choices_actions[:] = listed
             plugins.report_failure(impl.plugin_name, plugins.distribution(impl.plugin_name).name,
                                    f"register_commands failed: {type(e).__name__}: {e}")
 

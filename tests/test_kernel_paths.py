@@ -158,3 +158,44 @@ def test_compiled_kernel_on_every_tie_of_many_channels(num_bits, monkeypatch):
     want = g.fake_quant(x, gr)
     assert mismatches(q(tf.constant(x)), want) == 0
     assert mismatches(tf.function(q)(tf.constant(x)), want) == 0
+
+
+@pytest.mark.parametrize("rank,axis", LAYOUTS)
+def test_tiny_eager_results_are_exact_aligned_and_independent(rank, axis):
+    """Eager per-channel tensors of at most TINY_EAGER elements: written into the aligned arena, handed over
+    without a copy; later calls (arena slices reused after a new arena starts) leave earlier results alone."""
+    rng = np.random.default_rng(rank * 7 + axis)
+    channels = 3
+    q = iqcore.get_quantizer("uniform", "weights", num_bits=int(rng.integers(2, 17)), narrow_range=bool(axis % 2),
+                             min_range=(-rng.uniform(0, 4, channels)).tolist(),
+                             max_range=rng.uniform(0.01, 4, channels).tolist(), per_channel=True,
+                             channel_axis=axis, input_rank=rank)
+    probes = g.probe_tensor(q.grid, per_channel_count=64)
+    assert probes.size <= kernels.TINY_EAGER
+    # Every probe, in tiny tensors: the probes cut along their longest non-channel axis (whole at rank 1).
+    other = max((i for i in range(rank) if i != axis), key=lambda i: probes.shape[i], default=axis)
+    pieces = [np.ascontiguousarray(p) for p in np.array_split(probes, 4, axis=other)] if rank > 1 else [probes]
+    kept = []
+    for _ in range(2 * kernels._ARENA_FLOATS // min(p.size for p in pieces) // len(pieces) + 1):
+        for x in pieces:
+            y = q(tf.constant(x))
+            assert y.shape == x.shape and y.dtype == tf.float32
+            kept.append((x, y))
+    if kernels._adopt is not None:
+        assert all(y._numpy().ctypes.data % 64 == 0 for _, y in kept)
+    for x, y in kept:
+        assert mismatches(y, g.fake_quant(x, q.grid)) == 0
+
+
+def test_tiny_eager_calls_from_threads_are_exact():
+    from concurrent.futures import ThreadPoolExecutor
+
+    q = quantizer(1, 2, channels=4, seed=11)
+    xs = [np.random.default_rng(i).uniform(-9, 9, (5, 4)).astype(np.float32) for i in range(64)]
+
+    def run(x):
+        ys = [q(tf.constant(x)) for _ in range(200)]
+        return sum(mismatches(y, g.fake_quant(x, q.grid)) for y in ys)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(run, xs)) == 0

@@ -33,13 +33,17 @@ import os
 import tensorflow as tf
 
 from iqcore import _registry as registry
+from iqcore.keras import _seed_models
+from iqcore.keras._compare import LayerAgreement, compare
 from iqcore.keras._layers import (
     KERAS_3,
     ActivationQuantizationHolder,
     QuantizationWrapper,
     find_weight,
 )
+from iqcore.keras._metadata import add_metadata, add_tflite_metadata, get_metadata, tflite_metadata
 from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
+from iqcore.keras._seed_models import load_seed_model, narrow_weights
 from iqcore.keras._tflite import flatten_layers, tflite_weight_tensors, to_tflite
 
 keras = tf.keras
@@ -47,15 +51,23 @@ keras = tf.keras
 __all__ = [
     "KERAS_3",
     "ActivationQuantizationHolder",
+    "LayerAgreement",
     "QuantizationWrapper",
+    "add_metadata",
+    "add_tflite_metadata",
     "calibrate_activation",
     "calibrate_weights",
+    "compare",
     "export",
     "find_weight",
     "flatten_layers",
+    "get_metadata",
     "load_model",
+    "load_seed_model",
+    "narrow_weights",
     "quantize_model",
     "split_activations",
+    "tflite_metadata",
     "tflite_weight_tensors",
     "to_tflite",
 ]
@@ -96,13 +108,16 @@ def load_model(path, *args, **kwargs):
     """``keras.models.load_model`` for models holding iqcore layers (same arguments, ``safe_mode`` included).
 
     Discovers the installed plugins and registers iqcore's layers first: Keras 3 does not import a registered
-    class's module by itself.
+    class's module by itself. A ``.keras``/``.h5`` file written with the seed's layers (mct-quantizers) is
+    mapped to iqcore's layers (:func:`load_seed_model`; the other arguments do not apply to it).
 
     Raises:
         ValueError: If a quantizer's method has no installed plugin (naming the method and the distribution
             to install) or a stored quantizer config is invalid (naming the parameter).
     """
     registry.entries()
+    if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and _seed_models.is_seed_model(path, strict=True):
+        return _seed_models.load_seed_model(path)[0]  # written by the seed's toolchain: mapped to iqcore's layers
     try:
         return keras.models.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path, *args, **kwargs)
     except TypeError as e:

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from iqcore import _registry as registry
 from iqcore._quantizer import InferableQuantizer
+from iqcore.keras import _metadata
 from iqcore.keras._export import conv1d_as_conv2d, dense_as_conv, export_weight, is_plain_conv1d
+from iqcore.keras._metadata import METADATA_KEY
 
 keras = tf.keras
 
@@ -273,6 +275,7 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         config = super().get_config()
         config["layer"] = keras.layers.serialize(self.layer)
         config["weights_quantizers"] = {name: serialize_quantizer(q) for name, q in self._quantizers.items()}
+        config.update(_metadata.config_entry(self))
         return config
 
     @classmethod
@@ -287,7 +290,11 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         layer = keras.layers.deserialize(config.pop("layer"), custom_objects=custom_objects)
         rebuilt = {k: deserialize_quantizer(v, f"{name}: weights_quantizers[{k!r}]", "weights")
                    for k, v in quantizers.items()}
-        return cls(layer, rebuilt, **config)
+        metadata = config.pop(METADATA_KEY, None)
+        wrapper = cls(layer, rebuilt, **config)
+        if metadata is not None:
+            _metadata.attach(wrapper, metadata, where=f"{name}: {METADATA_KEY}")
+        return wrapper
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
@@ -298,15 +305,31 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
 
     Args:
         quantizer: An activation quantizer (``iqcore.get_quantizer(method, "activation", ...)``).
+        activation_holder_quantizer: The seed's name for ``quantizer`` (give one of the two).
         **kwargs: Keras layer arguments.
 
     Raises:
-        TypeError: If ``quantizer`` is not an activation quantizer.
+        TypeError: If ``quantizer`` is not an activation quantizer, or both or neither of ``quantizer`` and
+            ``activation_holder_quantizer`` are given.
     """
 
-    def __init__(self, quantizer, **kwargs):
+    def __init__(self, quantizer=None, activation_holder_quantizer=None, **kwargs):
+        if (quantizer is None) == (activation_holder_quantizer is None):
+            raise TypeError(
+                "ActivationQuantizationHolder takes one activation quantizer: give quantizer= or its seed alias "
+                f"activation_holder_quantizer=, not {'both' if quantizer is not None else 'neither'}"
+            )
+        metadata = kwargs.pop(METADATA_KEY, None)
         super().__init__(**kwargs)
-        self.quantizer = deserialize_quantizer(quantizer, f"{self.name}: quantizer", "activation")
+        chosen = quantizer if quantizer is not None else activation_holder_quantizer
+        self.quantizer = deserialize_quantizer(chosen, f"{self.name}: quantizer", "activation")
+        if metadata is not None:
+            _metadata.attach(self, metadata, where=f"{self.name}: {METADATA_KEY}")
+
+    @property
+    def activation_holder_quantizer(self) -> InferableQuantizer:
+        """The seed's name for :attr:`quantizer`."""
+        return self.quantizer
 
     def call(self, inputs):
         return self.quantizer(inputs)
@@ -317,6 +340,7 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
     def get_config(self):
         config = super().get_config()
         config["quantizer"] = serialize_quantizer(self.quantizer)
+        config.update(_metadata.config_entry(self))
         return config
 
     @classmethod

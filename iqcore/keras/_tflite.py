@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from iqcore._quantizer import InferableQuantizer
 from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, export_form
+from iqcore.keras._metadata import add_tflite_metadata, get_metadata
 
 
 def export_problem(var, q: InferableQuantizer) -> str | None:
@@ -135,6 +136,9 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
             converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
     flatbuffer = restore_scales(flatbuffer, model)
+    metadata = get_metadata(model)
+    if metadata:  # the model's metadata goes into the file's metadata table
+        flatbuffer = add_tflite_metadata(flatbuffer, metadata)
     if check:
         check_tflite(flatbuffer, model)
     floats = float_tensors(flatbuffer)

@@ -29,17 +29,41 @@ def range_including_zero(lows, highs, num_bits, narrow_range=False):
     return np.minimum(min_adj, 0.0), np.maximum(max_adj, 0.0)
 
 
+def _unused_rank(per_channel, input_rank):
+    """None for the ``input_rank=0`` that the seed's toolchain writes per tensor (no rank is used there)."""
+    if per_channel is False and isinstance(input_rank, (int, np.integer)) and not isinstance(input_rank, bool) \
+            and input_rank == 0:
+        return None
+    return input_rank
+
+
 class UniformQuantizer(plugin.InferableQuantizer):
-    """Shared by both targets: validates the ranges and builds the grid on them, zero moved onto it."""
+    """Shared by both targets: validates the ranges and builds the grid on them, zero moved onto it.
+
+    As in the seed's library, the attributes ``min_range``/``max_range`` are the ranges **adjusted to include
+    zero** (lists of floats, one per channel), the range the grid is built on; ``get_config`` keeps the
+    ranges as given, so that a config round trip rebuilds the same quantizer exactly.
+    """
+
+    min_range: list[float]
+    max_range: list[float]
 
     def _set_range_grid(self, min_range, max_range, axis=None) -> None:
-        self.min_range, self.max_range = plugin.check_ranges(min_range, max_range, axis is not None)
-        low, high = range_including_zero(self.min_range, self.max_range, self.num_bits, self.narrow_range)
+        lows, highs = plugin.check_ranges(min_range, max_range, axis is not None)
+        self._given_range = (lows, highs)
+        low, high = range_including_zero(lows, highs, self.num_bits, self.narrow_range)
+        self.min_range = [float(x) for x in low]
+        self.max_range = [float(x) for x in high]
         if axis is None:
             low, high = low[0], high[0]
         rank = None if axis is None else self.input_rank
-        self.set_grid(low, high, self.num_bits, self.narrow_range, axis, rank,
-                       {"min_range": self.min_range, "max_range": self.max_range})
+        self.set_grid(low, high, self.num_bits, self.narrow_range, axis, rank, {"min_range": lows, "max_range": highs})
+
+    def get_config(self):
+        """The constructor's arguments, with ``min_range``/``max_range`` as given (not adjusted)."""
+        config = super().get_config()
+        config["min_range"], config["max_range"] = list(self._given_range[0]), list(self._given_range[1])
+        return config
 
 
 def _widened(low, high):
@@ -68,7 +92,7 @@ class WeightsUniformInferableQuantizer(UniformQuantizer):
                  narrow_range=False):
         self.num_bits = plugin.check_num_bits(num_bits)
         self.narrow_range = plugin.check_bool("narrow_range", narrow_range)
-        axis = self.set_layout(per_channel, channel_axis, input_rank)
+        axis = self.set_layout(per_channel, channel_axis, _unused_rank(per_channel, input_rank))
         self._set_range_grid(min_range, max_range, axis)
 
     @classmethod
