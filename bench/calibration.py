@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import iqcore  # noqa: E402
+from iqcore import demo  # noqa: E402
 from iqcore.keras import quantize_model  # noqa: E402
 
 keras = tf.keras
@@ -85,36 +86,13 @@ END = "<!-- calibration-table:end -->"
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled digits, split as ``iqcore demo`` and ``bench/calibration_mct.py`` split them.
-
-    Returns:
-        ``(x_train, y_train, x_test, y_test)``: images as 8x8x1 float32 in [0, 1], labels as int64.
-    """
-    from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = sk_load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    return x_train, y_train, x_test, y_test
+    """scikit-learn's digits split as ``iqcore demo`` (seed 0) and ``bench/calibration_mct.py`` split them."""
+    return demo.load_digits(0)
 
 
 def build_model() -> keras.Model:
-    """The float CNN of ``iqcore demo``: two 3x3 convolutions, max pooling, a hidden Dense and 10 logits.
-
-    Returns:
-        The (untrained) Keras model ``digits_cnn``.
-    """
-    return keras.Sequential([
-        keras.Input(shape=(8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        keras.layers.MaxPooling2D(2, name="pool"),
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(64, activation="relu", name="dense1"),
-        keras.layers.Dense(10, name="logits"),
-    ], name="digits_cnn")
+    """The float CNN of ``iqcore demo`` (untrained)."""
+    return demo.build_model(keras)
 
 
 def float_model(weights: Path) -> keras.Model:
@@ -159,34 +137,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum(ref^2) / sum((ref - q)^2))`` (inf if equal).
-
-    Args:
-        reference: The float model's outputs.
-        quantized: The quantized model's outputs.
-
-    Returns:
-        The SQNR in dB.
-    """
-    ref = np.asarray(reference, np.float64)
-    noise = float(np.sum((ref - np.asarray(quantized, np.float64)) ** 2))
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(float(np.sum(ref**2)) / noise)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy.
-
-    Args:
-        logits: Model outputs, one row per image.
-        labels: Integer labels.
-
-    Returns:
-        The fraction of rows whose argmax is the label.
-    """
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+sqnr_db = demo.sqnr_db
+accuracy = demo.accuracy
 
 
 def calibration_batches(x_train: np.ndarray, slot: int = 0) -> list[np.ndarray]:

@@ -80,7 +80,7 @@ class QuantizerInfo:
 
 
 _lock = threading.RLock()
-_entries: dict[tuple[str, str], QuantizerInfo] | None = None
+_cache: dict[str, Any] = {}  # each registry, built from the hooks on first use
 _conflicts: dict[tuple[str, str], list[QuantizerInfo]] = {}
 
 
@@ -98,6 +98,7 @@ def _check_class(cls) -> str | None:
 
 
 def _build() -> dict[tuple[str, str], QuantizerInfo]:
+    _conflicts.clear()
     pm = plugins.get_plugin_manager()
     found: dict[tuple[str, str], list[QuantizerInfo]] = {}
     for impl in pm.hook.register_quantizers.get_hookimpls():
@@ -130,14 +131,19 @@ def _build() -> dict[tuple[str, str], QuantizerInfo]:
     return entries
 
 
-def entries() -> dict[tuple[str, str], QuantizerInfo]:
-    global _entries
-    if _entries is None:
+def _cached(key: str, build):
+    """``build()``'s result, built once (thread-safe) and kept until :func:`refresh`."""
+    value = _cache.get(key)
+    if value is None:
         with _lock:
-            if _entries is None:
-                _conflicts.clear()
-                _entries = _build()
-    return _entries
+            value = _cache.get(key)
+            if value is None:
+                value = _cache[key] = build()
+    return value
+
+
+def entries() -> dict[tuple[str, str], QuantizerInfo]:
+    return _cached("quantizers", _build)
 
 
 def list_quantizers() -> list[QuantizerInfo]:
@@ -206,10 +212,6 @@ def _collect(hook: str, make_register) -> None:
             plugins.report_failure(impl.plugin_name, dist.name, f"{hook} failed: {type(e).__name__}: {e}")
 
 
-_layers: dict[type, LayerInfo] | None = None
-_exporters: dict[str, ExporterInfo] | None = None
-
-
 def _build_layers() -> dict[type, LayerInfo]:
     found: dict[type, LayerInfo] = {}
 
@@ -229,12 +231,7 @@ def _build_layers() -> dict[type, LayerInfo]:
 
 def layers() -> dict[type, LayerInfo]:
     """Every registered Keras layer type (plugins' entries replace iqcore's own for the same class)."""
-    global _layers
-    if _layers is None:
-        with _lock:
-            if _layers is None:
-                _layers = _build_layers()
-    return _layers
+    return _cached("layers", _build_layers)
 
 
 def layer_info(layer) -> LayerInfo | None:
@@ -268,12 +265,7 @@ def _build_exporters() -> dict[str, ExporterInfo]:
 
 def exporters() -> dict[str, ExporterInfo]:
     """Every registered exporter by format name."""
-    global _exporters
-    if _exporters is None:
-        with _lock:
-            if _exporters is None:
-                _exporters = _build_exporters()
-    return _exporters
+    return _cached("exporters", _build_exporters)
 
 
 def get_exporter(name: str) -> Exporter:
@@ -291,20 +283,13 @@ def get_exporter(name: str) -> Exporter:
 def refresh() -> None:
     """Rebuild the registries from the hooks on next use, keeping the loaded plugins (after registering a
     plugin object by hand, as tests do)."""
-    global _entries, _layers, _exporters
     with _lock:
-        _entries = None
-        _layers = None
-        _exporters = None
+        _cache.clear()
         _conflicts.clear()
 
 
 def reset() -> None:
     """Forget the registries and the plugins (for tests)."""
-    global _entries, _layers, _exporters
     with _lock:
-        _entries = None
-        _layers = None
-        _exporters = None
-        _conflicts.clear()
+        refresh()
         plugins.reset()
