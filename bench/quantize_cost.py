@@ -57,8 +57,11 @@ def main(argv=None) -> int:
     parser.add_argument("--depths", type=int, nargs="*", default=[10, 100, 1000])
     parser.add_argument("--models", nargs="*", default=list(CNNS), choices=list(CNNS))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="bench/results/quantize_cost.json")
+    parser.add_argument("--out", default="")
+    parser.add_argument("--quick", action="store_true", help="chains of 10 and 100 layers, ResNet50 only, 1 round")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.depths, args.models, args.rounds = [10, 100], ["ResNet50"], 1
     import tensorflow as tf
 
     keras = tf.keras
@@ -74,13 +77,15 @@ def main(argv=None) -> int:
         data = [rng.uniform(-1, 1, (16, *shape)).astype(np.float32) for _ in range(2)]
         rows.append({"model": name, **measure(model, data, max(1, args.rounds - 2))})
         print(json.dumps(rows[-1]), flush=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
     print("\n| model | layers | float pass (s) | quantize_model (s) | ratio | ms per layer |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['layers']} | {r['float_pass_s']} | {r['quantize_s']} | {r['ratio']} | "
               f"{r['ms_per_layer']} |")
+    print(json.dumps({"cases": rows}))
     return 0
 
 

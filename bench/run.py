@@ -289,6 +289,27 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         w = max(r["ratios"]["iqcore/tf_op"]["median"] for r in small_pc)
         txt = ", ".join(f"{CONFIG_NAMES[r['config']]} {r['ratios']['iqcore/tf_op']['median']:.2f}×" for r in small_pc)
         out.append(("9. eager, 16 elements, per-channel: ≤ 1.3× op", txt, "met" if w <= 1.3 else "NOT met"))
+    holders = results.get("holders", {})
+    if holders.get("cases"):
+        cases = holders["cases"]
+        txt = "; ".join(f"{c['model']} ({c['holders']} holders) {c['quantized/float']:.2f}× float, "
+                        f"{c['quantized/floor']:.2f}× float + one copy per holder" for c in cases)
+        ok = all(c["quantized/float"] <= 1.05 or c["quantized/floor"] <= 1.05 for c in cases)
+        out.append(("10. whole models with holders, graph, batch 1: ≤ 1.05× float or ≤ the copy floor (1.05×)", txt,
+                    "met" if ok else "NOT met"))
+    elif holders:
+        out.append(("10. whole models with holders", holders.get("error", "not measured"), "not measured"))
+    cost = results.get("quantize_cost", {})
+    if cost.get("cases"):
+        cnns = [c for c in cost["cases"] if not c["model"].startswith("chain")]
+        chains = [c for c in cost["cases"] if c["model"].startswith("chain")]
+        txt = "; ".join(f"{c['model']} {c['ratio']:.1f}× one float pass" for c in cnns)
+        txt += "; per layer: " + ", ".join(f"{c['layers']} layers {c['ms_per_layer']:.1f} ms" for c in chains)
+        ok = all(c["ratio"] <= 2 for c in cnns)
+        out.append(("11. quantize_model: ≤ 2× one float pass over the calibration data, plus a linear rebuild", txt,
+                    "met" if ok else "NOT met (the rebuild, not the calibration pass: see per layer)"))
+    elif cost:
+        out.append(("11. quantize_model cost", cost.get("error", "not measured"), "not measured"))
     return out
 
 
@@ -374,7 +395,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", help="comma-separated subset of pt_weights,pt_act,pc_last,pc_middle,pc_first")
     p.add_argument("--modes", help="comma-separated subset of eager,graph,xla")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: overhead,memory,import,model")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: overhead,memory,import,model,"
+                                              "holders,quantize_cost")
     p.add_argument("--out", help="JSON results file (default: bench/results/latest.json; quick.json with --quick)")
     p.add_argument("--docs", help="Markdown file whose generated block is refreshed (default: docs/performance.md "
                                   "for a full run, none with --quick; '' for none)")
@@ -424,6 +446,14 @@ def main(argv=None) -> int:
         results["model"] = run_json("model.py", *(["--quick"] if quick else []))
         print(f"  model {results['model']}", flush=True)
         results["sections_s"]["model"] = time.perf_counter() - start
+    if "holders" not in skip:
+        results["holders"] = run_json("holders.py", *(["--quick"] if quick else []), timeout=1800)
+        print(f"  holders {results['holders']}", flush=True)
+        results["sections_s"]["holders"] = time.perf_counter() - start
+    if "quantize_cost" not in skip:
+        results["quantize_cost"] = run_json("quantize_cost.py", *(["--quick"] if quick else []), timeout=1800)
+        print(f"  quantize_cost {results['quantize_cost']}", flush=True)
+        results["sections_s"]["quantize_cost"] = time.perf_counter() - start
     results["wall_s"] = time.perf_counter() - start
     text = report(results)
     print()
