@@ -23,19 +23,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras_latency import float_cnn  # noqa: E402
 
-from iqcore.keras import quantize_model, to_tflite  # noqa: E402
+from iqcore.keras import quantize_model, run_tflite, to_tflite  # noqa: E402
 
 
 def run_int8(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(inp["index"], x.shape)
-    interpreter.allocate_tensors()
-    s_in, z_in = inp["quantization"]
-    interpreter.set_tensor(inp["index"], np.clip(np.floor(x / s_in + 0.5) + z_in, -128, 127).astype(np.int8))
-    interpreter.invoke()
-    s_out, z_out = out["quantization"]
-    return (interpreter.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out, float(s_out)
+    y, scale, _ = run_tflite(flatbuffer, x)
+    return y, scale
 
 
 def main(argv=None):

@@ -74,17 +74,10 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def interpreter_outputs(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
-    from iqcore.keras._tflite import interpreter
+    from iqcore.keras import run_tflite
 
-    it = interpreter(flatbuffer)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    s_in, z_in = inp["quantization"]
-    it.set_tensor(inp["index"], np.clip(np.floor(x / s_in + 0.5) + z_in, -128, 127).astype(np.int8))
-    it.invoke()
-    s_out, z_out = out["quantization"]
-    return (it.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out, float(s_out)
+    y, scale, _ = run_tflite(flatbuffer, x)
+    return y, scale
 
 
 def latency_ratio(tf, float_model, quantized, x, rounds: int = 15) -> float:

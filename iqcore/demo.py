@@ -124,26 +124,9 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def tflite_logits(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
     """Run an int8 TFLite model on float inputs ``x`` (quantized with the model's input scale)."""
-    import tensorflow as tf
+    from iqcore.keras import run_tflite
 
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    inp = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(inp["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    data = x
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        data = np.clip(np.floor(x / scale + 0.5) + zero, info.min, info.max).astype(inp["dtype"])
-    interpreter.set_tensor(inp["index"], data)
-    interpreter.invoke()
-    y = interpreter.get_tensor(out["index"])
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y.astype(np.float32) - zero) * scale
-    return y
+    return run_tflite(flatbuffer, x)[0]
 
 
 def _epoch_callback(keras, progress: Progress, epochs: int):

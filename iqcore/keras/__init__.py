@@ -44,7 +44,7 @@ from iqcore.keras._layers import (
 from iqcore.keras._metadata import add_metadata, add_tflite_metadata, get_metadata, tflite_metadata
 from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
 from iqcore.keras._seed_models import load_seed_model, narrow_weights
-from iqcore.keras._tflite import flatten_layers, tflite_weight_tensors, to_tflite
+from iqcore.keras._tflite import flatten_layers, run_tflite, tflite_weight_tensors, to_tflite
 
 keras = tf.keras
 
@@ -66,6 +66,7 @@ __all__ = [
     "load_seed_model",
     "narrow_weights",
     "quantize_model",
+    "run_tflite",
     "split_activations",
     "tflite_metadata",
     "tflite_weight_tensors",

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from iqcore.keras._layers import ActivationQuantizationHolder
-from iqcore.keras._tflite import flatten_layers, interpreter
+from iqcore.keras._tflite import flatten_layers, run_tflite
 
 keras = tf.keras
 
@@ -76,17 +76,7 @@ def compare(model, flatbuffer: bytes, x: np.ndarray) -> list[LayerAgreement]:
     probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, [h.output for h in holders])
     keras_values = probe(x, training=False)
     keras_values = [np.asarray(v) for v in (keras_values if isinstance(keras_values, list) else [keras_values])]
-    reader = interpreter(flatbuffer, experimental_preserve_all_tensors=True)
-    inp = reader.get_input_details()[0]
-    reader.resize_tensor_input(inp["index"], list(x.shape))
-    reader.allocate_tensors()
-    inp = reader.get_input_details()[0]
-    data = x
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        data = np.clip(np.floor(x / scale + 0.5) + zero, -128, 127).astype(inp["dtype"])
-    reader.set_tensor(inp["index"], data)
-    reader.invoke()
+    _, _, reader = run_tflite(flatbuffer, x, experimental_preserve_all_tensors=True)
     by_grid: dict[tuple, list[dict]] = {}
     for d in reader.get_tensor_details():
         scales = d["quantization_parameters"]["scales"]

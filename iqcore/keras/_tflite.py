@@ -212,6 +212,39 @@ def interpreter(flatbuffer: bytes, **kwargs):
     return Interpreter(model_content=flatbuffer, **kwargs)
 
 
+def run_tflite(flatbuffer: bytes, x, **interpreter_kwargs):
+    """Run a one-input TFLite model on the float batch ``x``.
+
+    An integer input is quantized with the file's input scale and zero point (rounding half up, clipped to the
+    dtype); an integer output is dequantized.
+
+    Args:
+        flatbuffer: The TFLite model.
+        x: A float array, the whole batch.
+        **interpreter_kwargs: Passed to the interpreter (``experimental_preserve_all_tensors=True``...).
+
+    Returns:
+        ``(outputs as float32, output scale or None for a float output, the interpreter after the run)``.
+    """
+    reader = interpreter(flatbuffer, **interpreter_kwargs)
+    inp = reader.get_input_details()[0]
+    reader.resize_tensor_input(inp["index"], list(np.shape(x)))
+    reader.allocate_tensors()
+    inp, out = reader.get_input_details()[0], reader.get_output_details()[0]
+    data = np.asarray(x, np.float32)
+    if inp["dtype"] != np.float32:
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        data = np.clip(np.floor(data / scale + 0.5) + zero, info.min, info.max).astype(inp["dtype"])
+    reader.set_tensor(inp["index"], data)
+    reader.invoke()
+    y = reader.get_tensor(out["index"])
+    if out["dtype"] == np.float32:
+        return y, None, reader
+    scale, zero = out["quantization"]
+    return (y.astype(np.float32) - zero) * np.float32(scale), float(scale), reader
+
+
 def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
     """``{(wrapper name, weight name): tensor details}`` of the wrapped weights in a :func:`to_tflite` file."""
     reader = interpreter(flatbuffer)
