@@ -310,6 +310,13 @@ class ThresholdQuantizer(InferableQuantizer):
         top = 1.0 - (2.0 if narrow_range and not signed else 1.0) / steps
         return np.asarray(largest, np.float64) / top
 
+    @classmethod
+    def thresholds_of(cls, low, high, num_bits: int, signed: bool, narrow_range: bool) -> np.ndarray:
+        """:meth:`threshold_for` the largest ``|x|`` of each range ``[low, high]`` (an all-zero range takes
+        the largest of the others, or 1)."""
+        return cls.threshold_for(calibration.positive(np.maximum(np.abs(low), np.abs(high))), num_bits, signed,
+                                 narrow_range)
+
 
 class ThresholdWeightsQuantizer(ThresholdQuantizer):
     """Signed weights grid ``[-T, T - T/2**(num_bits-1)]`` per tensor or per channel on any axis.
@@ -338,8 +345,7 @@ class ThresholdWeightsQuantizer(ThresholdQuantizer):
         """Thresholds from the weights: per channel, the largest ``|w|`` of the range the strategy picks is
         the top grid value (:meth:`threshold_for`), so the minmax strategy clips no weight."""
         def build(low, high):
-            largest = calibration.positive(np.maximum(np.abs(low), np.abs(high)))
-            t = cls.threshold_for(largest, settings.num_bits, True, settings.narrow_range)
+            t = cls.thresholds_of(low, high, settings.num_bits, True, settings.narrow_range)
             return cls(num_bits=settings.num_bits, threshold=t.tolist(), narrow_range=settings.narrow_range,
                        **observation.layout())
 
@@ -375,8 +381,7 @@ class ThresholdActivationQuantizer(ThresholdQuantizer):
             return cls(num_bits=settings.num_bits, threshold=t, signed=signed, narrow_range=settings.narrow_range)
 
         def build(low, high):
-            largest = calibration.positive(np.maximum(np.abs(low), np.abs(high)))
-            t = cls.threshold_for(largest, settings.num_bits, signed, settings.narrow_range)
+            t = cls.thresholds_of(low, high, settings.num_bits, signed, settings.narrow_range)
             return cls(num_bits=settings.num_bits, threshold=float(t[0]), signed=signed,
                        narrow_range=settings.narrow_range)
 

@@ -2,12 +2,11 @@
 metadata is refused with a ValueError/TypeError naming it."""
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_models import run_python
+from keras_models import run_python, tampered
 
 import iqcore
 from iqcore.keras import (
@@ -89,17 +88,6 @@ def test_a_model_without_iqcore_layers_cannot_carry_metadata():
         add_metadata(tf.keras.Model(inp, tf.keras.layers.Dense(1)(inp)), {"a": 1})
 
 
-def _edit_config(src, dst, edit):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            zout.writestr(item, data)
-
-
 def _entry(config):
     for layer in config["config"]["layers"]:
         if "iqcore_model_metadata" in layer["config"]:
@@ -115,7 +103,7 @@ def _entry(config):
 ])
 def test_tampered_metadata_in_a_saved_file_is_refused(qmodel, tmp_path, edit, match):
     qmodel.save(tmp_path / "m.keras")
-    _edit_config(tmp_path / "m.keras", tmp_path / "bad.keras", edit)
+    tampered(tmp_path / "m.keras", tmp_path / "bad.keras", edit)
     with pytest.raises((ValueError, TypeError), match=match):
         iqcore.load_model(tmp_path / "bad.keras")
 

@@ -15,6 +15,7 @@ from iqcore._quantizer import InferableQuantizer
 from iqcore.keras._fold import affine_as_depthwise, fold_batch_norms, split_separable
 from iqcore.keras._graph import clone_layer, copy_weights, graph, input_names, rebuild
 from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, deserialize_quantizer, find_weight
+from iqcore.keras._tflite import output_channel_scales
 
 keras = tf.keras
 layers = keras.layers
@@ -393,17 +394,11 @@ def _snap_biases(model, new, plan_a) -> int:
         if upstream is None or upstream.grid.axis is not None or info is None or not getattr(inner, "use_bias", 0):
             continue
         spec = info.weights[0]
-        q = wrapper.weights_quantizers.get(spec.name)
-        if q is None:
+        if spec.name not in wrapper.weights_quantizers:
             continue
-        kernel = wrapper.quantized_variables()[spec.name]
-        scale = q.quantization_params().scale.reshape(-1).astype(np.float64)
-        if q.grid.axis is not None and spec.input_axis is not None and \
-                q.grid.axis == spec.input_axis % kernel.shape.rank:  # depthwise: channel times multiplier
-            scale = np.repeat(scale, int(kernel.shape[-1]))
         bias = find_weight(inner, "bias")
         value = bias.numpy()
-        scale = np.broadcast_to(scale, value.shape) if scale.size == 1 else scale
+        scale = output_channel_scales(wrapper, spec.name, value.size).astype(np.float64)
         if scale.shape != value.shape:
             continue
         step = float(np.float64(upstream.quantization_params().scale)) * scale

@@ -166,9 +166,10 @@ def _converter(model) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def _wanted_scales(wrapper, name, stored: int) -> np.ndarray:
-    """The scales the file should hold for a wrapped weight stored with ``stored`` scales: the quantizer's, each
-    repeated per depthwise multiplier; one scale (per tensor, or one channel) stands for every stored one."""
+def output_channel_scales(wrapper, name, stored: int) -> np.ndarray:
+    """One scale per output channel of a wrapped weight with ``stored`` output channels (as TFLite stores it,
+    and as the bias is laid out): the quantizer's scales, each repeated per depthwise multiplier; one scale (per
+    tensor, or one channel) stands for every channel."""
     scale = np.repeat(wrapper.weights_quantizers[name].grid.scale.reshape(-1), _export_repeat(wrapper, name))
     return np.repeat(scale, stored) if scale.size == 1 and stored > 1 else scale
 
@@ -190,7 +191,7 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
             if d is None:
                 continue
             got = d["quantization_parameters"]["scales"].astype("<f4")
-            want = _wanted_scales(w, name, got.size).astype("<f4")
+            want = output_channel_scales(w, name, got.size).astype("<f4")
             if got.shape != want.shape or np.array_equal(got, want):
                 continue
             if np.any(np.abs(got.astype(np.float64) / want - 1) > 2.0**-22):
@@ -278,7 +279,7 @@ def check_tflite(flatbuffer: bytes, model) -> None:
                 raise RuntimeError(f"{w.name}/{name}: no int8 weight tensor found in the TFLite model")
             params = d["quantization_parameters"]
             got = params["scales"].astype(np.float32)
-            want = _wanted_scales(w, name, got.size)
+            want = output_channel_scales(w, name, got.size)
             if got.shape != want.shape or not np.array_equal(got, want) or np.any(params["zero_points"] != 0):
                 raise RuntimeError(
                     f"{w.name}/{name}: TFLite scales {got[:4]}... (zero points {params['zero_points'][:4]}) differ "
