@@ -5,8 +5,9 @@
 
 Reports, per model, the median time of ``quantize_model`` (symmetric weights, uniform activations, 32
 calibration images in batches of 16) and of one float forward pass over the same batches (eager, as the
-calibration pass runs), and their ratio; for the synthetic chains (Dense + ReLU blocks) also the time
-per layer, which stays flat when the rebuild grows linearly with the layer count.
+calibration pass runs), and their ratio; the part of it spent rebuilding Keras models (``rebuild`` and
+``copy_weights``), and the rest (observing, calibrating, bias snapping) as a ratio to the float pass; and the
+rebuild time per layer, which stays flat when the rebuild grows linearly with the layer count.
 """
 
 from __future__ import annotations
@@ -33,24 +34,60 @@ def chain(keras, depth: int):
     return keras.Model(inp, x)
 
 
+class RebuildClock:
+    """Adds up the time ``quantize_model`` spends rebuilding Keras models and copying weights into them (the
+    part that grows with the layer count), by timing iqcore's two model-surgery functions where they are used."""
+
+    def __init__(self):
+        from iqcore.keras import _graph, _quantize
+
+        self.seconds = 0.0
+        self.patched = []
+        for module in (_graph, _quantize):
+            for name in ("rebuild", "copy_weights"):
+                original = getattr(module, name)
+                setattr(module, name, self._timed(original))
+                self.patched.append((module, name, original))
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
+
+    def close(self):
+        for module, name, original in self.patched:
+            setattr(module, name, original)
+
+
 def measure(model, data, rounds: int) -> dict:
     from iqcore import keras as iqkeras
 
-    float_times, quant_times = [], []
+    float_times, quant_times, rebuild_times = [], [], []
     for _ in range(rounds):
         start = time.perf_counter()
         for batch in data:
             model(batch, training=False)
         float_times.append(time.perf_counter() - start)
+        clock = RebuildClock()
         start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            iqkeras.quantize_model(model, weights_method="symmetric", activation_method="uniform",
-                                   representative_data=data, verbose=0)
-        quant_times.append(time.perf_counter() - start)
-    f, q = statistics.median(float_times), statistics.median(quant_times)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                iqkeras.quantize_model(model, weights_method="symmetric", activation_method="uniform",
+                                       representative_data=data, verbose=0)
+            quant_times.append(time.perf_counter() - start)
+        finally:
+            clock.close()
+        rebuild_times.append(clock.seconds)
+    f, q, r = (statistics.median(t) for t in (float_times, quant_times, rebuild_times))
     return {"layers": len(model.layers), "float_pass_s": round(f, 3), "quantize_s": round(q, 3),
-            "ratio": round(q / f, 1), "ms_per_layer": round(1000 * q / len(model.layers), 2)}
+            "ratio": round(q / f, 1), "rebuild_s": round(r, 3), "calibration_ratio": round((q - r) / f, 2),
+            "rebuild_ms_per_layer": round(1000 * r / len(model.layers), 2),
+            "ms_per_layer": round(1000 * q / len(model.layers), 2)}
 
 
 def main(argv=None) -> int:
@@ -83,11 +120,12 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
-    print("\n| model | layers | float pass (s) | quantize_model (s) | ratio | ms per layer |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | layers | float pass (s) | quantize_model (s) | ratio | rebuild (s) | rest / float pass | "
+          "rebuild ms per layer |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['layers']} | {r['float_pass_s']} | {r['quantize_s']} | {r['ratio']} | "
-              f"{r['ms_per_layer']} |")
+              f"{r['rebuild_s']} | {r['calibration_ratio']} | {r['rebuild_ms_per_layer']} |")
     print(json.dumps({"cases": rows}))
     return 0
 

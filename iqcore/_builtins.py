@@ -15,6 +15,7 @@ def register_layers(register):
     register(layers.DepthwiseConv2D, QuantizableWeight("kernel", channel_axis=-2, input_axis=-2))
     # A transposed convolution spreads each input over several outputs: no per-channel-mean bias correction.
     register(layers.Conv2DTranspose, QuantizableWeight("kernel", channel_axis=-2))
+    register(layers.Conv1DTranspose, QuantizableWeight("kernel", channel_axis=-2))
 
 
 def _export_tflite(model, path) -> None:

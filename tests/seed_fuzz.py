@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-SOURCES = ["cnn_pot.keras", "cnn_pot.h5", "mlp_uniform.keras", "mlp_uniform.h5"]
+SOURCES = ["cnn_pot.keras", "cnn_pot.h5", "mlp_uniform.keras", "mlp_uniform.h5", "constants.keras", "constants.h5"]
 KINDS = ["config", "config", "flip", "truncate"]
 POOL = [None, True, False, 0, -1, 1, 2, 3, 8, 17, 8.5, -0.5, 1e38, 2.0**-140, float("nan"), float("inf"), "",
         "x", "Conv2D", "KerasQuantizationWrapper", "WeightsLUTSymmetricInferableQuantizer", [], [1.0], [0.0, -1.0],

@@ -110,8 +110,8 @@ TAMPERINGS = {
     "unknown quantizer key": (lambda c: _kernel_quantizer(c)["config"].update(scale=3.0), ValueError,
                               "unknown config keys.*scale"),
     "unknown wrapper entry key": (lambda c: _kernel_quantizer(c).update(extra=1), ValueError, "unknown keys.*extra"),
-    "activation min above max": (lambda c: _layer(c, "image_activation")["quantizer"]["config"].update(
-        min_range=[5.0]), ValueError, "min_range"),
+    "activation min above max": (lambda c: _layer(c, "image_activation")["activation_holder_quantizer"]["config"]
+                                 .update(min_range=[5.0]), ValueError, "min_range"),
     "non power-of-two pot threshold": (lambda c: _kernel_quantizer(c).update(method="pot"), ValueError,
                                        "not a power of two"),
 }

@@ -7,6 +7,7 @@ from keras_models import batches, quantized_cnn, symmetric, uniform_activation, 
 
 import iqcore
 from iqcore.keras import (
+    KERAS_3,
     ActivationQuantizationHolder,
     QuantizationWrapper,
     find_weight,
@@ -177,11 +178,85 @@ def test_per_channel_conv1d_converts_with_its_scales_and_agrees_with_keras(paddi
     assert np.abs(got - model(x).numpy()).max() <= step * (1 + 1e-3)
 
 
-def test_wrapped_conv2d_transpose_export_is_refused_naming_the_supported_layers():
+def _ops(flatbuffer):
+    """``[(op name, [(dtype, shape) of each input])]`` of a TFLite model."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    return [(op["op_name"], [(details[i]["dtype"], tuple(details[i]["shape"])) for i in op["inputs"] if i >= 0])
+            for op in interpreter._get_ops_details()]
+
+
+def _check_transposed(model, flatbuffer, x, in_channels):
+    """One int8 TRANSPOSE_CONV whose filter is the quantizer's codes on its scales; outputs within a step."""
+    ops = _ops(flatbuffer)
+    convs = [inputs for name, inputs in ops if name == "TRANSPOSE_CONV"]
+    assert len(convs) == 1 and "DEQUANTIZE" not in [name for name, _ in ops], ops
+    assert convs[0][1][0] == np.int8 and convs[0][2][0] == np.int8  # filter and input
+    wrapper = next(layer for layer in model.layers if isinstance(layer, QuantizationWrapper))
+    q = wrapper.weights_quantizers["kernel"]
+    stored = tflite_weight_tensors(flatbuffer, model)[(wrapper.name, "kernel")]
+    params = stored["quantization_parameters"]
+    np.testing.assert_array_equal(params["scales"].astype(np.float32), q.quantization_params().scale)
+    assert params["quantized_dimension"] == 0 and not np.any(params["zero_points"])
+    codes = np.moveaxis(q.to_int(find_weight(wrapper.layer, "kernel")).numpy(), -2, 0)  # [out, ..., in]
+    np.testing.assert_array_equal(stored["value"], codes.reshape(stored["value"].shape))
+    assert stored["value"].shape[-1] == in_channels
+    got, step, _ = run_tflite(flatbuffer, x)
+    off = np.abs(got - model(x).numpy()) / step
+    assert off.max() <= 1.0 + 1e-3 and np.mean(off > 0.5) <= 0.01
+
+
+@pytest.mark.parametrize("weights_method", ["symmetric", "pot"])
+@pytest.mark.parametrize("padding, strides, use_bias, activation", [
+    ("valid", 2, False, None), ("same", 2, True, None), ("valid", 1, True, "relu"),
+    ("same", 2, False, "relu"),  # no bias ADD for the converter to fuse the ReLU through: the export form adds one
+])
+def test_conv2d_transpose_exports_as_int8_transpose_conv_with_the_quantizer_scales(weights_method, padding,
+                                                                                   strides, use_bias, activation):
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 6, 3))
+    out = keras.layers.Conv2DTranspose(4, (3, 2), strides=strides, padding=padding, use_bias=use_bias,
+                                       activation=activation, bias_initializer="random_normal")(inp)
+    model = iqcore.keras.quantize_model(keras.Model(inp, out), weights_method=weights_method,
+                                        activation_method="symmetric", representative_data=batches((6, 6, 3)),
+                                        verbose=0)
+    flatbuffer = to_tflite(model)  # check=True: every scale equals quantization_params()
+    _check_transposed(model, flatbuffer, np.concatenate(batches((6, 6, 3), n=2, seed=7)), 3)
+
+
+def test_conv1d_transpose_exports_as_a_height_one_transpose_conv():
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((10, 3))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    x = QuantizationWrapper(keras.layers.Conv1DTranspose(5, 3, strides=2, padding="same"),
+                            {"kernel": symmetric((3, 5, 3), 1, seed=4)})(x)
+    model = keras.Model(inp, ActivationQuantizationHolder(uniform_activation(-2.0, 2.0))(x))
+    if not KERAS_3:  # TF 2.15's converter keeps Keras 2's conv1d_transpose filter in float: refused, not silent
+        with pytest.raises(RuntimeError, match="left the TRANSPOSE_CONV filter unquantized"):
+            to_tflite(model)
+        return
+    flatbuffer = to_tflite(model)
+    _check_transposed(model, flatbuffer, np.random.default_rng(5).uniform(-1, 1, (16, 10, 3)).astype(np.float32), 3)
+
+
+def test_wrapped_conv3d_is_refused_because_tflite_runs_it_in_float_only():
+    inp = keras.Input((4, 4, 4, 2))
+    x = ActivationQuantizationHolder(uniform_activation())(inp)
+    x = QuantizationWrapper(keras.layers.Conv3D(3, 2, name="c3"), {"kernel": symmetric((2, 2, 2, 2, 3), 4)})(x)
+    with pytest.raises(ValueError, match=r"Conv3D .*CONV_3D kernel runs in float32 only; allowed: leave 'c3' in "
+                                         r"float .*allow_float=True"):
+        to_tflite(keras.Model(inp, x))
+
+
+@pytest.mark.parametrize("kwargs, quantizer, message", [
+    ({"dilation_rate": 2}, symmetric((3, 3, 5, 4), 2), r"dilation_rate is \(2, 2\); .*allowed: dilation_rate=1"),
+    ({}, symmetric((3, 3, 5, 4), 3), r"per channel on axis 3; .*allowed: axis 2"),
+])
+def test_conv2d_transpose_without_a_transpose_conv_form_is_refused(kwargs, quantizer, message):
     inp = keras.Input((6, 6, 4))
     x = ActivationQuantizationHolder(uniform_activation())(inp)
-    x = QuantizationWrapper(keras.layers.Conv2DTranspose(5, 3), {"kernel": symmetric((3, 3, 5, 4), 2)})(x)
-    with pytest.raises(ValueError, match="Conv2DTranspose is not supported yet; allowed: Conv1D, Conv2D"):
+    x = QuantizationWrapper(keras.layers.Conv2DTranspose(5, 3, **kwargs), {"kernel": quantizer})(x)
+    with pytest.raises(ValueError, match=message):
         to_tflite(keras.Model(inp, x))
 
 
@@ -202,11 +277,8 @@ def test_residual_model_with_batch_norm_concat_and_softmax_is_within_one_step_of
     assert off.max() <= 1.0 + 1e-3
 
 
-TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
 
 
-@pytest.mark.xfail(TF_VERSION < (2, 17), strict=True,
-                   reason="TF 2.15 and 2.16 converters keep a BatchNormalization after a quantized conv in float")
 def test_residual_model_with_batch_norm_converts_to_int8_ops_only(residual):
     _, flatbuffer = residual
     ops = [op["op_name"] for op in tf.lite.Interpreter(model_content=flatbuffer)._get_ops_details()]

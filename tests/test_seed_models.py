@@ -24,7 +24,7 @@ from iqcore.keras import (
 )
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-MODELS = ["cnn_pot", "mlp_uniform", "code_min", "mct_ptq"]  # mct_ptq: MCT 2.6.1's own PTQ and exporter
+MODELS = ["cnn_pot", "mlp_uniform", "code_min", "mct_ptq", "constants"]  # mct_ptq: MCT 2.6.1's own PTQ and exporter
 IQCORE = shutil.which("iqcore", path=os.path.dirname(sys.executable)) or shutil.which("iqcore")
 
 

@@ -27,7 +27,7 @@ def kernel(config):
 
 
 def activation(config):
-    return layer(config, "image_activation")["quantizer"]["config"]
+    return layer(config, "image_activation")["activation_holder_quantizer"]["config"]
 
 
 def setting(getter, key, value):

@@ -44,6 +44,7 @@ from iqcore.keras._layers import (
 from iqcore.keras._metadata import add_metadata, add_tflite_metadata, get_metadata, tflite_metadata
 from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
 from iqcore.keras._seed_models import load_seed_model, narrow_weights
+from iqcore.keras._tf_ops import TFOperation
 from iqcore.keras._tflite import flatten_layers, run_tflite, tflite_weight_tensors, to_tflite
 
 keras = tf.keras
@@ -53,6 +54,7 @@ __all__ = [
     "ActivationQuantizationHolder",
     "LayerAgreement",
     "QuantizationWrapper",
+    "TFOperation",
     "add_metadata",
     "add_tflite_metadata",
     "calibrate_activation",
@@ -121,6 +123,8 @@ def load_model(path, *args, **kwargs):
         return _seed_models.load_seed_model(path)[0]  # written by the seed's toolchain: mapped to iqcore's layers
     try:
         return keras.models.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path, *args, **kwargs)
+    except KeyError as e:  # a damaged archive: Keras looks up a member the zip directory does not name
+        raise _seed_models.DamagedFile(f"{os.fspath(path)}: not a readable .keras file: {e}") from None
     except TypeError as e:
         # Keras 3 re-raises a TypeError from a layer's from_config as a generic "could not be deserialized"
         # TypeError carrying the whole model config; the error that names the parameter is its context.
@@ -128,5 +132,32 @@ def load_model(path, *args, **kwargs):
         while "could not be deserialized" in str(root) and isinstance(root.__context__, (TypeError, ValueError)):
             root = root.__context__
         if root is e:
-            raise
+            unknown = _unknown_classes(path, kwargs.get("custom_objects") or {})
+            if not unknown:
+                raise
+            # Keras 2 reports a class it cannot find as "'str' object is not callable".
+            raise TypeError(f"{os.fspath(path)}: the model config names classes Keras cannot find: {unknown}; "
+                            "allowed: Keras layers and registered classes (or custom_objects=...)") from e
         raise root from None
+
+
+def _unknown_classes(path, custom_objects) -> list[str]:
+    """The class names of a saved model's layer entries (wrapped layers included) that Keras cannot resolve."""
+    try:
+        config = _seed_models.read_config(path)
+    except (ValueError, OSError):
+        return []
+    unknown, entries = [], list(_seed_models._walk_layers(config))
+    while entries:
+        entry = entries.pop()
+        name = entry.get("class_name")
+        if not isinstance(name, str):
+            continue
+        known = isinstance(getattr(keras.layers, name, None), type) or name in custom_objects or \
+            keras.utils.get_registered_object(entry.get("registered_name") or name) is not None
+        if not known:
+            unknown.append(name)
+        inner = entry.get("config", {}).get("layer") if isinstance(entry.get("config"), dict) else None
+        if isinstance(inner, dict):
+            entries.append(inner)
+    return sorted(set(unknown))

@@ -112,3 +112,62 @@ def dense_as_conv(layer, inputs, kernel):
     if layer.activation is not None:
         y = layer.activation(y)
     return y
+
+
+#: Keras layers exported as TFLite's int8 TRANSPOSE_CONV (a Conv1DTranspose as a height-1 one).
+TRANSPOSED_CONVS = ("Conv1DTranspose", "Conv2DTranspose")
+
+
+def is_transposed_conv(layer) -> bool:
+    """A layer :func:`transposed_conv_form` exports (a Conv1DTranspose or Conv2DTranspose)."""
+    return type(layer).__name__ in TRANSPOSED_CONVS
+
+
+def transposed_conv_problem(layer, quantizers: dict) -> str | None:
+    """Why a wrapped transposed convolution has no int8 TRANSPOSE_CONV form, or None."""
+    config = layer.get_config()
+    if config.get("data_format", "channels_last") != "channels_last":
+        return f"data_format is {config['data_format']!r}; allowed: 'channels_last'"
+    dilation = np.atleast_1d(config.get("dilation_rate", 1))
+    if np.any(dilation != 1):
+        return (f"dilation_rate is {tuple(dilation.tolist())}; TFLite's TRANSPOSE_CONV has no dilation, allowed: "
+                "dilation_rate=1")
+    if set(quantizers) != {"kernel"}:
+        return f"weights_quantizers has {sorted(quantizers)}; allowed: only 'kernel' (the bias is stored in int32)"
+    g = quantizers["kernel"].grid
+    if g.axis is not None and g.axis != g.rank - 2:
+        return (f"the kernel quantizer is per channel on axis {g.axis}; TFLite stores a TRANSPOSE_CONV filter per "
+                f"output channel, allowed: axis {g.rank - 2} (-2, the output channels) or per tensor")
+    return None
+
+
+def transposed_conv_form(layer, inputs, tag: str, *args, **kwargs):
+    """A transposed convolution computed by the layer itself, with no FakeQuant on its kernel.
+
+    The converter legalizes the convolution with a transpose of the filter from ``[..., out, in]`` to
+    ``[out, ..., in]``, and refuses a per-channel FakeQuant before it ("'tfl.transpose' op has mismatched
+    quantized axes"). Without one, it stores the (already quantized) kernel as int8 per output channel on
+    scales of its own; :func:`iqcore.keras._tflite.write_transposed_weights` then writes the quantizer's codes and
+    scales over them, finding the filter by the name scope ``tag``.
+    """
+    activation = getattr(layer, "activation", None)
+    with tf.name_scope(tag):
+        if activation is None or getattr(activation, "__name__", "") == "linear":
+            return layer(inputs, *args, **kwargs)
+        # The converter fuses an activation into TRANSPOSE_CONV only through a bias ADD, and drops an ADD of
+        # zeros (no bias, or a zero one): then the activation stays apart and the convolution's output float.
+        # An added bias far below one int32 step keeps the ADD, and is stored as 0.
+        object.__setattr__(layer, "activation", _linear)
+        try:
+            y = layer(inputs, *args, **kwargs)
+        finally:
+            object.__setattr__(layer, "activation", activation)
+        return activation(y + tf.constant(NEGLIGIBLE_BIAS, y.dtype, [int(y.shape[-1])]))
+
+
+#: A bias value that keeps the converter's bias ADD and rounds to int32 0 on any TFLite bias step.
+NEGLIGIBLE_BIAS = 1e-30
+
+
+def _linear(x):
+    return x

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from iqcore.keras._graph import clone_layer, copy_weights, graph, rebuild
+from iqcore.keras._graph import Rewrite, graph
 from iqcore.keras._layers import find_weight
 
 keras = tf.keras
@@ -33,37 +33,27 @@ def _channels_last(layer) -> bool:
 def split_separable(model):
     """``model`` with each channels-last ``SeparableConv2D`` ``s`` replaced by a ``DepthwiseConv2D`` named ``s``
     and a 1x1 ``Conv2D`` named ``s_pointwise`` (bias and activation); ``model`` itself if there is none."""
-    separable = {layer.name: layer for layer in model.layers
-                 if isinstance(layer, layers.SeparableConv2D) and _channels_last(layer)}
-    if not separable:
-        return model
-    pointwise = {}
+    rewrite = Rewrite()
+    for layer in model.layers:
+        if isinstance(layer, layers.SeparableConv2D) and _channels_last(layer):
+            c = layer.get_config()
+            rewrite.replace[layer.name] = lambda old, c=c: layers.DepthwiseConv2D(
+                c["kernel_size"], strides=c["strides"], padding=c["padding"], depth_multiplier=c["depth_multiplier"],
+                dilation_rate=c["dilation_rate"], use_bias=False, name=old.name, dtype=c.get("dtype"))
+            rewrite.after[layer.name] = [lambda c=c: layers.Conv2D(
+                c["filters"], 1, use_bias=c["use_bias"], activation=c["activation"], name=f"{c['name']}_pointwise",
+                dtype=c.get("dtype"))]
+            rewrite.weights[layer.name] = lambda old, new, name=layer.name: _split_weights(old, new, name)
+    return rewrite.apply(model)
 
-    def replace(layer):
-        if layer.name not in separable:
-            return clone_layer(layer)
-        c = layer.get_config()
-        return layers.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
-                                      depth_multiplier=c["depth_multiplier"], dilation_rate=c["dilation_rate"],
-                                      use_bias=False, name=layer.name, dtype=c.get("dtype"))
 
-    def insert_after(name):
-        if name not in separable:
-            return []
-        c = separable[name].get_config()
-        pointwise[name] = layers.Conv2D(c["filters"], 1, use_bias=c["use_bias"], activation=c["activation"],
-                                        name=f"{name}_pointwise", dtype=c.get("dtype"))
-        return [pointwise[name]]
-
-    new = rebuild(model, replace, insert_after, drop=frozenset())
-    copy_weights(model, new, skip=frozenset(separable))
-    for name, layer in separable.items():
-        new.get_layer(name).set_weights([find_weight(layer, "depthwise_kernel").numpy()])
-        weights = [find_weight(layer, "pointwise_kernel").numpy()]
-        if layer.get_config()["use_bias"]:
-            weights.append(find_weight(layer, "bias").numpy())
-        new.get_layer(f"{name}_pointwise").set_weights(weights)
-    return new
+def _split_weights(old, new, name: str) -> None:
+    layer = old.get_layer(name)
+    new.get_layer(name).set_weights([find_weight(layer, "depthwise_kernel").numpy()])
+    weights = [find_weight(layer, "pointwise_kernel").numpy()]
+    if layer.get_config()["use_bias"]:
+        weights.append(find_weight(layer, "bias").numpy())
+    new.get_layer(f"{name}_pointwise").set_weights(weights)
 
 
 #: Layers a following batch normalization folds into, with the kernel it scales and that kernel's output
@@ -145,27 +135,31 @@ def fold_batch_norms(model):
     Each folded layer keeps its name and gains a bias; the batch normalization disappears from the graph.
     """
     pairs = foldable(model)
-    if not pairs:
-        return model, {}
-    into = {prev: bn for bn, prev in pairs.items()}
+    return fold_rewrite(model, pairs).apply(model), pairs
 
-    def replace(layer):
-        if layer.name not in into:
-            return clone_layer(layer)
-        config = layer.get_config()
-        config["use_bias"] = True
-        return layer.__class__.from_config(config)
 
-    new = rebuild(model, replace, lambda name: [], drop=frozenset(pairs))
-    copy_weights(model, new, skip=frozenset(into))
-    for prev, bn in into.items():
-        layer = model.get_layer(prev)
-        kernel, bias = _folded_weights(layer, model.get_layer(bn))
-        target = new.get_layer(prev)
-        weight, _ = _fold_target(layer)
-        find_weight(target, weight).assign(kernel.astype(np.float32))
-        find_weight(target, "bias").assign(bias.astype(np.float32))
-    return new, pairs
+def fold_rewrite(model, pairs: dict[str, str]) -> Rewrite:
+    """The :class:`Rewrite` that folds each batch normalization of ``pairs`` (:func:`foldable`) into its layer."""
+    rewrite = Rewrite(drop=frozenset(pairs))
+    for bn, prev in pairs.items():
+        rewrite.replace[prev] = _with_bias
+        rewrite.weights[prev] = lambda old, new, prev=prev, bn=bn: _set_folded(old, new, prev, bn)
+    return rewrite
+
+
+def _with_bias(layer):
+    config = layer.get_config()
+    config["use_bias"] = True
+    return layer.__class__.from_config(config)
+
+
+def _set_folded(old, new, prev: str, bn: str) -> None:
+    layer = old.get_layer(prev)
+    kernel, bias = _folded_weights(layer, old.get_layer(bn))
+    target = new.get_layer(prev)
+    weight, _ = _fold_target(layer)
+    find_weight(target, weight).assign(kernel.astype(np.float32))
+    find_weight(target, "bias").assign(bias.astype(np.float32))
 
 
 def _per_channel(values, channels: int) -> np.ndarray | None:
@@ -205,19 +199,16 @@ def affine_as_depthwise(model, batch_norm: bool = True):
     ``batch_norm``, a ``BatchNormalization`` left after folding) replaced by a 1x1 ``DepthwiseConv2D`` of the
     same name computing the same ``s * x + t``: one int8 TFLite op with per-channel weights, where the layer
     itself becomes a MUL and an ADD whose intermediate result has no grid (and stays float)."""
+    return affine_rewrite(model, batch_norm).apply(model)
+
+
+def affine_rewrite(model, batch_norm: bool = True, skip=frozenset()) -> Rewrite:
+    """The :class:`Rewrite` of :func:`affine_as_depthwise`, leaving out the layers named in ``skip``."""
     kinds = (layers.Rescaling, layers.Normalization) + ((layers.BatchNormalization,) if batch_norm else ())
-    affine = {layer.name: a for layer in model.layers if isinstance(layer, kinds) and (a := _affine(layer))}
-    if not affine:
-        return model
-
-    def replace(layer):
-        if layer.name not in affine:
-            return clone_layer(layer)
-        return layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
-
-    new = rebuild(model, replace, lambda name: [])
-    copy_weights(model, new, skip=frozenset(affine))
-    for name, (s, t) in affine.items():
-        kernel = np.asarray(s, np.float32).reshape(1, 1, -1, 1)
-        new.get_layer(name).set_weights([kernel, np.asarray(t, np.float32)])
-    return new
+    rewrite = Rewrite()
+    for layer in model.layers:
+        if isinstance(layer, kinds) and layer.name not in skip and (a := _affine(layer)) is not None:
+            rewrite.replace[layer.name] = lambda old: layers.DepthwiseConv2D(1, use_bias=True, name=old.name)
+            rewrite.weights[layer.name] = lambda old, new, name=layer.name, a=a: new.get_layer(name).set_weights(
+                [np.asarray(a[0], np.float32).reshape(1, 1, -1, 1), np.asarray(a[1], np.float32)])
+    return rewrite

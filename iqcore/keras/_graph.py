@@ -3,7 +3,9 @@ and its rebuild with layers replaced and new layers inserted after others."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -39,13 +41,23 @@ def clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def rebuild(model, replace, insert_after, name=None, drop=frozenset()):
+def operation_names(model) -> set[str]:
+    """The names of a Keras 3 Functional model's ``keras.ops`` operations (nodes that are not layers)."""
+    if not KERAS_3:
+        return set()
+    return {op.name for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)}
+
+
+def rebuild(model, replace, insert_after, name=None, drop=frozenset(), constants=None):
     """A copy of a Sequential or Functional model with each layer replaced by ``replace(layer)`` and the layers
     ``insert_after(name)`` (fresh instances) chained after each layer or model input named ``name``.
 
     The layers named in ``drop`` (each with a single input) are left out: their input goes where their output
-    went (layers ``insert_after`` gives for them are still chained there).
+    went (layers ``insert_after`` gives for them are still chained there). ``constants`` (Keras 3 Functional
+    models) maps a layer or operation name to ``{position: weights quantizer}``: that node's constant operands
+    at those positions move into a :class:`QuantizationWrapper` of the node.
     """
+    constants = constants or {}
     names = input_names(model)
     if isinstance(model, keras.Sequential):
         inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name=names[0])
@@ -63,11 +75,32 @@ def rebuild(model, replace, insert_after, name=None, drop=frozenset()):
         original = layer.layer.name if isinstance(layer, QuantizationWrapper) else layer.name
         if original in drop:
             return _chain(tf.nest.flatten(args)[0], insert_after(original))
+        if original in constants:
+            return _chain(_wrap_constants(layer, original, constants[original], args, kwargs),
+                          insert_after(original))
         return _chain(layer(*args, **_accepted(layer, kwargs)), insert_after(original))
 
     structure = tf.nest.pack_sequence_as(model.input, inputs)
     new = keras.models.clone_model(model, input_tensors=structure, clone_function=replace, call_function=call)
     return keras.Model(new.input, new.output, name=name or model.name)
+
+
+def _wrap_constants(layer, name: str, quantizers: dict, args: tuple, kwargs: dict):
+    """Call a :class:`QuantizationWrapper` of ``layer`` holding the constant operands of ``args`` that
+    ``quantizers`` names by position, on the remaining (tensor) operands."""
+    as_list = len(args) == 1 and isinstance(args[0], (list, tuple))
+    operands = list(args[0]) if as_list else list(args)
+    values = {}
+    for pos in quantizers:
+        if not 0 <= pos < len(operands) or isinstance(operands[pos], keras.KerasTensor):
+            kinds = ["tensor" if isinstance(o, keras.KerasTensor) else "constant" for o in operands]
+            raise ValueError(f"weights_quantizers[{name!r}] names operand {pos}, but {name!r} has operands {kinds}; "
+                             "allowed: the positions of its constant operands")
+        values[pos] = operands[pos]
+    tensors = [o for i, o in enumerate(operands) if i not in values]
+    wrapper = QuantizationWrapper(layer, quantizers, values, op_call_kwargs=kwargs, is_inputs_as_list=as_list,
+                                  name=f"{name}_quantized")
+    return wrapper(tensors if as_list or len(tensors) != 1 else tensors[0])
 
 
 def _accepted(layer, kwargs: dict) -> dict:
@@ -164,3 +197,45 @@ def copy_weights(model, new, skip=frozenset()) -> None:
         target = by_name.get(layer.name)
         if target is not None and layer.weights and layer.name not in skip:
             target.set_weights(layer.get_weights())
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """Changes to a model that one :func:`rebuild` applies, so that several rewrites cost one rebuild.
+
+    Attributes:
+        replace: Layer name -> function of the old layer giving its replacement (other layers are cloned).
+        drop: Names of single-input layers left out.
+        after: Layer name -> functions giving the new layers chained after it, in order.
+        weights: Layer name -> function ``(old model, new model)`` that sets that layer's weights in the new
+            model (and those of the layers chained after it); the other layers' weights are copied by name.
+    """
+
+    replace: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
+    after: dict[str, list[Callable]] = dataclasses.field(default_factory=dict)
+    weights: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+    def touched(self) -> set[str]:
+        return set(self.replace) | set(self.drop) | set(self.after)
+
+    def __add__(self, other: Rewrite) -> Rewrite:
+        overlap = self.touched() & other.touched()
+        if overlap:
+            raise ValueError(f"two model rewrites change the same layers {sorted(overlap)}")
+        return Rewrite({**self.replace, **other.replace}, self.drop | other.drop, {**self.after, **other.after},
+                       {**self.weights, **other.weights})
+
+    def apply(self, model):
+        """The rewritten copy of ``model``, or ``model`` itself when there is nothing to change."""
+        if not self.touched():
+            return model
+
+        def replace(layer):
+            return self.replace[layer.name](layer) if layer.name in self.replace else clone_layer(layer)
+
+        new = rebuild(model, replace, lambda name: [make() for make in self.after.get(name, [])], drop=self.drop)
+        copy_weights(model, new, skip=frozenset(self.weights))
+        for set_weights in self.weights.values():
+            set_weights(model, new)
+        return new

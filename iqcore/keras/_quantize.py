@@ -12,9 +12,23 @@ import tensorflow as tf
 from iqcore import _registry as registry
 from iqcore import calibration
 from iqcore._quantizer import InferableQuantizer
-from iqcore.keras._fold import affine_as_depthwise, fold_batch_norms, split_separable
-from iqcore.keras._graph import clone_layer, copy_weights, graph, input_names, rebuild
-from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, deserialize_quantizer, find_weight
+from iqcore.keras._fold import affine_rewrite, fold_rewrite, foldable, split_separable
+from iqcore.keras._graph import (
+    Rewrite,
+    clone_layer,
+    copy_weights,
+    graph,
+    input_names,
+    operation_names,
+    rebuild,
+)
+from iqcore.keras._layers import (
+    KERAS_3,
+    ActivationQuantizationHolder,
+    QuantizationWrapper,
+    deserialize_quantizer,
+    find_weight,
+)
 from iqcore.keras._tflite import output_channel_scales
 
 keras = tf.keras
@@ -161,30 +175,26 @@ def split_activations(model):
     linear, relu, relu6) computes linearly and is followed by an ``Activation`` layer named
     ``"{layer}_{activation}"``; ``model`` itself if there is none. Outputs are unchanged up to float rounding.
     """
-    split = {}
+    return activation_rewrite(model).apply(model)
+
+
+def activation_rewrite(model) -> Rewrite:
+    """The :class:`Rewrite` of :func:`split_activations`."""
+    rewrite = Rewrite()
     for layer in model.layers:
         fn = getattr(layer, "activation", None)
         if fn is None or isinstance(layer, layers.Activation) or _activation_name(fn) in FUSED_ACTIVATIONS:
             continue
-        split[layer.name] = fn
-    if not split:
-        return model
+        rewrite.replace[layer.name] = _linear_copy
+        rewrite.after[layer.name] = [lambda fn=fn, name=layer.name: layers.Activation(
+            fn, name=f"{name}_{_activation_name(fn)}")]
+    return rewrite
 
-    def replace(layer):
-        if layer.name not in split:
-            return clone_layer(layer)
-        config = layer.get_config()
-        config["activation"] = "linear"
-        return layer.__class__.from_config(config)
 
-    def insert_after(name):
-        if name not in split:
-            return []
-        return [layers.Activation(split[name], name=f"{name}_{_activation_name(split[name])}")]
-
-    new = rebuild(model, replace, insert_after)
-    copy_weights(model, new)
-    return new
+def _linear_copy(layer):
+    config = layer.get_config()
+    config["activation"] = "linear"
+    return layer.__class__.from_config(config)
 
 
 @dataclasses.dataclass
@@ -407,6 +417,29 @@ def _snap_biases(model, new, plan_a) -> int:
     return snapped
 
 
+def _constant_plan(model, weights_quantizers: dict) -> dict[str, dict]:
+    """Take the entries keyed by constant position out of ``weights_quantizers``: ``{node name: {position:
+    quantizer}}`` for the nodes whose constant operands get quantized (Keras 3 Functional models)."""
+    plan = {}
+    for name, entry in list(weights_quantizers.items()):
+        positions = {k: q for k, q in entry.items() if not isinstance(k, str)}
+        if not positions:
+            continue
+        if len(positions) != len(entry):
+            raise ValueError(f"weights_quantizers[{name!r}] mixes weight names and constant positions; allowed: "
+                             "one or the other")
+        if not KERAS_3 or isinstance(model, keras.Sequential):
+            raise ValueError(
+                f"weights_quantizers[{name!r}] quantizes constant operands, which quantize_model does on Keras 3 "
+                "Functional models; allowed here: wrap the layer yourself, QuantizationWrapper(layer, {position: "
+                "q}, weight_values={position: constant}), see docs/keras.md"
+            )
+        plan[name] = {k: deserialize_quantizer(q, f"weights_quantizers[{name!r}][{k!r}]", "weights")
+                      for k, q in positions.items()}
+        del weights_quantizers[name]
+    return plan
+
+
 def _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
                      bias_correction) -> None:
     if not isinstance(model, keras.Model):
@@ -414,9 +447,17 @@ def _check_arguments(model, weights_quantizers, activation_quantizers, activatio
     if not model.built:
         raise ValueError("model is not built; allowed: a model with known input shapes (give it an Input)")
     names = {layer.name for layer in model.layers} | set(input_names(model))
-    unknown = sorted((set(weights_quantizers) | set(activation_quantizers)) - names)
+    unknown = sorted((set(weights_quantizers) | set(activation_quantizers)) - names - operation_names(model))
     if unknown:
-        raise ValueError(f"unknown layer names {unknown}; allowed: {sorted(names)}")
+        raise ValueError(f"unknown layer names {unknown}; allowed: {sorted(names | operation_names(model))}")
+    for name, entry in weights_quantizers.items():
+        if not isinstance(entry, dict):
+            raise TypeError(f"weights_quantizers[{name!r}] must be a dict {{weight name or constant position: "
+                            f"quantizer}}; got {type(entry).__name__}")
+        if name in operation_names(model) and any(isinstance(k, str) for k in entry):
+            weights = sorted(k for k in entry if isinstance(k, str))
+            raise ValueError(f"weights_quantizers[{name!r}] names weights {weights} of the operation {name!r}, "
+                             "which has none; allowed: constant positions (int)")
     if (activation_method is not None or bias_correction) and representative_data is None:
         needs = "activation_method" if activation_method is not None else "bias_correction"
         raise ValueError(f"{needs} needs representative_data (batches of model inputs) to observe the activations")
@@ -450,7 +491,9 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     Args:
         model: A built Sequential or Functional model.
         weights_quantizers: ``{layer name: {weight name: quantizer}}``; overrides ``weights_method`` per layer
-            (``{layer name: {}}`` leaves that layer in float).
+            (``{layer name: {}}`` leaves that layer in float). On Keras 3 Functional models, ``{layer or
+            operation name: {position: quantizer}}`` quantizes that node's constant operands (``keras.ops.
+            subtract(c, x)``: position 0; ``Multiply()([x, c])``: position 1) in a :class:`QuantizationWrapper`.
         activation_quantizers: ``{layer name: quantizer}`` for the holder after that layer (an input layer's
             name for a model input); overrides ``activation_method`` per layer.
         weights_method: Any installed weights method (``"symmetric"``, ``"pot"``, ``"uniform"``, a plugin's),
@@ -481,12 +524,13 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     calibration.check_strategy("activation_strategy", activation_strategy)
     _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
                      bias_correction)
-    model = split_separable(model)
-    if fold_batch_norm:
-        model, _ = fold_batch_norms(model)
-    model = affine_as_depthwise(model, batch_norm=fold_batch_norm)
+    constants = _constant_plan(model, weights_quantizers)
+    model = split_separable(model)  # before folding: a batch norm after it folds into the pointwise part
+    folded = foldable(model) if fold_batch_norm else {}
+    rewrite = fold_rewrite(model, folded) + affine_rewrite(model, batch_norm=fold_batch_norm, skip=set(folded))
     if activation_method is not None:
-        model = split_activations(model)
+        rewrite = rewrite + activation_rewrite(model)
+    model = rewrite.apply(model)  # one rebuild for the three
     plan_w = _plan_weights(model, weights_quantizers, weights_method, per_channel,
                            calibration.Settings(weights_bits, weights_strategy, True))
     plan_a: dict[str, InferableQuantizer] = dict(activation_quantizers)
@@ -510,7 +554,7 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     def holders(name):
         return [ActivationQuantizationHolder(plan_a[name], name=f"{name}_activation")] if name in plan_a else []
 
-    new = rebuild(model, wrap, holders, f"{model.name}_quantized")
+    new = rebuild(model, wrap, holders, f"{model.name}_quantized", constants=constants)
     copy_weights(model, new)
     if corrected_layers:
         _correct_biases(model, new, plan_w, inputs)

@@ -11,9 +11,13 @@ quantizers and a ``MetadataLayer``. :func:`load_seed_model` reads the file's con
   ``iq-symmetric``, ``iq-uniform`` provide the seed's six; a plugin may provide more),
 * ``MetadataLayer``                     -> the model's metadata (:func:`iqcore.keras.get_metadata`),
 
+* a wrapper of constant operands (``weights_value``, ``op_call_args``...) -> the same wrapper of iqcore, its
+  Keras 2 ``TFOpLambda`` (which Keras 3 lacks) -> :class:`iqcore.keras.TFOperation` on Keras 3,
+
 and refuses, naming the layer, what has no counterpart: the seed's look-up-table quantizers (unless a plugin
-registers a class of that name) and positional constants. :func:`narrow_weights` is the explicit step that
-moves weights off code -128 (outside int8 TFLite's weight range) onto the narrow-range grid.
+registers a class of that name) and TF ops outside :class:`~iqcore.keras.TFOperation`'s table on Keras 3.
+:func:`narrow_weights` is the explicit step that moves weights off code -128 (outside int8 TFLite's weight
+range) onto the narrow-range grid.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import tensorflow as tf
 
 from iqcore import _registry as registry
 from iqcore.keras import _metadata
-from iqcore.keras._layers import PACKAGE, ActivationQuantizationHolder, QuantizationWrapper
+from iqcore.keras._layers import KERAS_3, PACKAGE, ActivationQuantizationHolder, QuantizationWrapper
 
 keras = tf.keras
 
@@ -232,11 +236,27 @@ _BASE_KEYS = {"name", "trainable", "dtype", "batch_input_shape", "input_shape", 
               "activity_regularizer", "autocast"}
 
 
+def _tf_operation(entry, where: str, mapped: list[Mapping]) -> dict[str, Any]:
+    """A Keras 2 ``TFOpLambda`` entry as an :class:`iqcore.keras.TFOperation` (Keras 3 has no TFOpLambda)."""
+    from iqcore.keras._tf_ops import FUNCTIONS, TFOperation
+
+    c = entry["config"]
+    function = c.get("function")
+    if function not in FUNCTIONS:
+        raise ValueError(f"layer {where!r}: a Keras 2 TFOpLambda of tf.{function}, which iqcore cannot run on Keras 3; "
+                         f"allowed: tf.{', tf.'.join(sorted(FUNCTIONS))} (or load the file with Keras 2)")
+    mapped.append(Mapping(where, f"TFOpLambda(tf.{function})", "TFOperation (Keras 3 has no TFOpLambda)"))
+    return {**_registered(TFOperation), "config": {"name": c.get("name", where), "function": function,
+                                                   "trainable": c.get("trainable", True),
+                                                   "dtype": c.get("dtype", "float32")}}
+
+
 def _keras3_layer(entry, where: str, mapped: list[Mapping]):
     """A built-in Keras layer entry with the Keras 2 config keys that Keras 3's class does not take (e.g.
     DepthwiseConv2D's ``groups``) removed, each removal reported in ``mapped``; other entries unchanged."""
-    from iqcore.keras._layers import KERAS_3
-
+    if KERAS_3 and isinstance(entry, dict) and _class_name(entry) == "TFOpLambda" and \
+            isinstance(entry.get("config"), dict):
+        return _tf_operation(entry, where, mapped)
     if not KERAS_3 or not isinstance(entry, dict) or not isinstance(entry.get("config"), dict) or \
             entry.get("module") not in ("keras.layers", None) or entry.get("registered_name") not in (None, ""):
         return entry
@@ -260,7 +280,7 @@ def convert_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
     Raises:
         ValueError: For a model that is not Functional, a quantizer with no installed counterpart (naming the
-            layer and the plugin that would load it), positional constants, or a malformed entry.
+            layer and the plugin that would load it), a TF op Keras 3 cannot run, or a malformed entry.
     """
     if _class_name(config) not in ("Functional", "Model") or not isinstance(config.get("config"), dict):
         raise ValueError(
@@ -279,33 +299,39 @@ def convert_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             mapped.append(Mapping(lname, SEED_METADATA, "model metadata (iqcore.keras.get_metadata)"))
             continue
         if kind == SEED_WRAPPER:
-            positional = [k for k in ("weights_value", "op_call_args", "op_call_kwargs") if c.get(k)]
             quantizers = c.get("weights_quantizer", c.get("weights_quantizers"))
-            if positional or not isinstance(quantizers, dict) or not quantizers:
-                raise ValueError(
-                    f"layer {lname!r}: a KerasQuantizationWrapper with "
-                    + (f"positional constants ({', '.join(positional)}): not supported; allowed: quantized layer "
-                       "weights (kernel, depthwise_kernel...)" if positional else
-                       f"weights_quantizer {quantizers!r:.100}; allowed: a non-empty dict")
-                )
+            if not isinstance(quantizers, dict) or not quantizers:
+                raise ValueError(f"layer {lname!r}: a KerasQuantizationWrapper with weights_quantizer "
+                                 f"{quantizers!r:.100}; allowed: a non-empty dict")
             new = {}
             for key, q in quantizers.items():
                 new[key], text = _quantizer(q, f"layer {lname!r}: weights_quantizer[{key!r}]")
                 inner = c.get("layer", {}).get("class_name", "?") if isinstance(c.get("layer"), dict) else "?"
-                mapped.append(Mapping(lname, f"{SEED_WRAPPER}({inner}).{key}", f"QuantizationWrapper: {text}"))
-            entry = {**entry, **_registered(QuantizationWrapper), "config": {
-                "name": lname, "trainable": False, "dtype": c.get("dtype", "float32"),
-                "layer": _keras3_layer(c.get("layer"), lname, mapped), "weights_quantizers": new}}
+                what = f"constant operand {key}" if str(key).isdigit() else key
+                mapped.append(Mapping(lname, f"{SEED_WRAPPER}({inner}).{what}", f"QuantizationWrapper: {text}"))
+            wrapper_config = {"name": lname, "trainable": False, "dtype": c.get("dtype", "float32"),
+                              "layer": _keras3_layer(c.get("layer"), lname, mapped), "weights_quantizers": new}
+            if "weights_value" in c:  # positional constants
+                wrapper_config.update({
+                    "weight_values": c["weights_value"], "op_call_args": c.get("op_call_args", []),
+                    "op_call_kwargs": c.get("op_call_kwargs", {}),
+                    "is_inputs_as_list": c.get("is_inputs_as_list", False)})
+            entry = {**entry, **_registered(QuantizationWrapper), "config": wrapper_config}
         elif kind == SEED_HOLDER:
             q, text = _quantizer(c.get("activation_holder_quantizer"), f"layer {lname!r}: activation_holder_quantizer")
             mapped.append(Mapping(lname, SEED_HOLDER, f"ActivationQuantizationHolder: {text}"))
             entry = {**entry, **_registered(ActivationQuantizationHolder), "config": {
                 "name": lname, "trainable": c.get("trainable", True), "dtype": c.get("dtype", "float32"),
-                "quantizer": q}}
+                "activation_holder_quantizer": q}}
         else:
             entry = _keras3_layer(entry, lname, mapped)
         layers.append(entry)
     new_config = {**config, "config": {**config["config"], "layers": layers}}
+    if KERAS_3:  # one input or output stored as a list of one makes Keras 3 expect a list when called
+        for key in ("input_layers", "output_layers"):
+            refs = new_config["config"].get(key)
+            if isinstance(refs, list) and len(refs) == 1 and isinstance(refs[0], list) and len(refs[0]) == 3:
+                new_config["config"][key] = refs[0]
     return new_config, metadata, mapped
 
 
@@ -322,9 +348,30 @@ def _base(variable) -> str:
     return getattr(variable, "name", "").split("/")[-1].split(":")[0]
 
 
+def _fill_constants(wrapper, data: dict[str, Any] | None) -> None:
+    """Give a wrapper of constant operands the float constants its file stores (``positional_weight_{i}``),
+    as the seed does after building them from the config."""
+    positions = sorted(wrapper.weight_values)
+    if data is None:
+        raise ValueError(f"layer {wrapper.name!r}: the file holds no weights for it")
+    if "named" in data:
+        values = [data["named"].get(f"positional_weight_{pos}") for pos in positions]
+    else:  # .keras: the step counter (int32 scalar) and the constants in position order
+        floats = [v for v in data["own"] if not (v.ndim == 0 and v.dtype.kind == "i")]
+        values = floats if len(floats) == len(positions) else [None] * len(positions)
+    for pos, value in zip(positions, values, strict=True):
+        if value is None:
+            raise ValueError(f"layer {wrapper.name!r}: the file has no value for positional_weight_{pos}")
+        _assign(wrapper.quantized_variables()[pos], value, f"layer {wrapper.name!r}: positional_weight_{pos}")
+    wrapper.requantize()
+
+
 def _fill(model, stored: dict[str, dict[str, Any]], quantized: dict[str, list[str]]) -> None:
     for layer in model.layers:
         data = stored.get(layer.name)
+        if isinstance(layer, QuantizationWrapper) and layer.weight_values:
+            _fill_constants(layer, data)
+            continue
         inner = layer.layer if isinstance(layer, QuantizationWrapper) else layer
         variables = list(inner.weights)
         if not variables:
@@ -395,6 +442,12 @@ def load_seed_model(path) -> tuple[Any, list[Mapping]]:
     except _DAMAGE as e:
         raise ValueError(f"{os.fspath(path)}: damaged seed model ({stage}): {type(e).__name__}: {e}"[:2000]) \
             from None
+    except TypeError as e:
+        if type(e) is TypeError:
+            raise
+        # NumPy's subclasses (a ufunc given a string from an edited shape) name neither the file nor the stage.
+        raise TypeError(f"{os.fspath(path)}: damaged seed model ({stage}): {type(e).__name__}: {e}"[:2000]) \
+            from None
     if metadata is not None:
         _metadata.add_metadata(model, metadata)
     return model, mapped
@@ -406,8 +459,11 @@ def _quantized(new_config) -> dict[str, list[str]]:
 
 
 def _build(new_config):
-    custom = {f"{PACKAGE}>{c.__name__}": c for c in (QuantizationWrapper, ActivationQuantizationHolder)}
-    custom.update({c.__name__: c for c in (QuantizationWrapper, ActivationQuantizationHolder)})
+    from iqcore.keras._tf_ops import TFOperation
+
+    classes = (QuantizationWrapper, ActivationQuantizationHolder, TFOperation)
+    custom = {f"{PACKAGE}>{c.__name__}": c for c in classes}
+    custom.update({c.__name__: c for c in classes})
     try:
         return keras.Model.from_config(copy.deepcopy(new_config["config"]), custom_objects=custom)
     except TypeError as e:
@@ -425,7 +481,7 @@ class Moved:
     """What :func:`narrow_weights` changed in one weight: how many values moved, and the largest move."""
 
     layer: str
-    weight: str
+    weight: str | int
     moved: int
     total: int
     max_shift: float

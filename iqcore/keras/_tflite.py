@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from iqcore._quantizer import InferableQuantizer
+from iqcore.keras._export import is_transposed_conv, transposed_conv_problem
 from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, export_form
 from iqcore.keras._metadata import add_tflite_metadata, get_metadata
 
@@ -44,10 +45,12 @@ def flatten_layers(model) -> list:
 
 
 #: Wrapped layers :func:`to_tflite` exports (tested), and those it refuses.
-TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
+TFLITE_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "Conv1DTranspose", "Conv2DTranspose")
 
 
-UNSUPPORTED_TFLITE = frozenset({"Conv2DTranspose", "Conv3D", "Conv3DTranspose", "Conv1DTranspose"})
+#: ``{wrapped layer: its TFLite op}`` for the layers :func:`to_tflite` refuses: TFLite's kernels for these ops
+#: take float32 only, so no int8 file can hold them.
+UNSUPPORTED_TFLITE = {"Conv3D": "CONV_3D", "Conv3DTranspose": "CONV_3D_TRANSPOSE"}
 
 
 #: The narrowest activation range the converter keeps: it silently widens narrower ones (a holder's outputs
@@ -94,7 +97,8 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
 
     Weights of every :class:`QuantizationWrapper` become int8 with exactly their quantizer's scales (zero point
     0, per channel where the quantizer is), activations take their :class:`ActivationQuantizationHolder`'s
-    range. A Dense with per-channel weights becomes a 1x1 CONV_2D between two RESHAPEs.
+    range. A Dense with per-channel weights becomes a 1x1 CONV_2D between two RESHAPEs; a Conv1DTranspose or
+    Conv2DTranspose becomes an int8 TRANSPOSE_CONV (:func:`write_transposed_weights`).
 
     Args:
         model: A Keras model holding wrappers and holders (put a holder right after the input for int8 input).
@@ -109,19 +113,28 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
 
     Raises:
         ValueError: If a weight cannot be int8 with zero point 0 (uniform weights with a zero point, more than
-            8 bits, a code at -128), a holder's range is narrower than the converter keeps, or (without
+            8 bits, a code at -128), a wrapped layer has no int8 TFLite op (Conv3D, Conv3DTranspose; a dilated
+            transposed convolution), a holder's range is narrower than the converter keeps, or (without
             ``allow_float``) some activations stay float; the message names the layer and the fix.
-        RuntimeError: If ``check`` finds a scale that differs from the quantizer's.
+        RuntimeError: If ``check`` finds a scale that differs from the quantizer's, or the converter returns an
+            empty file.
     """
     wrappers = [layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)]
     for w in wrappers:
         if not w.built:
             raise ValueError(f"{w.name} is not built; allowed: a built model (call it once or give it an Input)")
-        if type(w.layer).__name__ in UNSUPPORTED_TFLITE:
+        kind = type(w.layer).__name__
+        if kind in UNSUPPORTED_TFLITE:
             raise ValueError(
-                f"{w.name}: TFLite export of a wrapped {type(w.layer).__name__} is not supported yet; allowed: "
-                f"{', '.join(TFLITE_LAYERS)} (and other layers whose weights need no per-channel FakeQuant rewrite)"
+                f"{w.name}: a wrapped {kind} cannot be exported to int8 TFLite: TFLite's {UNSUPPORTED_TFLITE[kind]} "
+                f"kernel runs in float32 only; allowed: leave {w.layer.name!r} in float (quantize_model(..., "
+                f"weights_quantizers={{{w.layer.name!r}: {{}}}}) and to_tflite(..., allow_float=True)), or the "
+                f"layers {', '.join(TFLITE_LAYERS)}"
             )
+        if is_transposed_conv(w.layer):
+            problem = transposed_conv_problem(w.layer, w.weights_quantizers)
+            if problem:
+                raise ValueError(f"{w.name}: a wrapped {kind} cannot be exported to TFLite: {problem}")
         variables = w.quantized_variables()
         for name, q in w.weights_quantizers.items():
             problem = export_problem(variables[name], q)
@@ -135,6 +148,10 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
+    if not flatbuffer:
+        raise RuntimeError("the TFLite converter returned an empty file (run with TF_CPP_MIN_LOG_LEVEL=0 for its log)")
+    if any(is_transposed_conv(w.layer) for w in wrappers):
+        flatbuffer = write_transposed_weights(flatbuffer, model)
     flatbuffer = restore_scales(flatbuffer, model)
     metadata = get_metadata(model)
     if metadata:  # the model's metadata goes into the file's metadata table
@@ -203,6 +220,98 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
     return bytes(buffer)
 
 
+def write_transposed_weights(flatbuffer: bytes, model) -> bytes:
+    """Write each wrapped transposed convolution's int8 codes and scales into its TRANSPOSE_CONV filter.
+
+    The export form (:func:`iqcore.keras._export.transposed_conv_form`) leaves the converter to quantize the
+    filter on scales of its own (``max|w| / 127`` per output channel); here the filter becomes the quantizer's
+    codes in TFLite's ``[out, ..., in]`` layout with the quantizer's scales, and a fused int32 bias is
+    requantized on the new ``input scale * weight scale`` steps.
+
+    Raises:
+        RuntimeError: If a wrapper's filter is not found as an int8 TRANSPOSE_CONV input, or the fused bias is
+            not the layer's own.
+    """
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tflite = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(flatbuffer), 0))
+    codes = tflite.operatorCodes or []
+    uses: dict = {}
+    for graph in tflite.subgraphs or []:
+        for tensor in graph.tensors or []:
+            uses[tensor.buffer] = uses.get(tensor.buffer, 0) + 1
+    for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
+        if not is_transposed_conv(w.layer):
+            continue
+        tag = f"iqcore_{w.name}_kernel".encode()
+        found = [(graph, op) for graph in tflite.subgraphs or [] for op in graph.operators or []
+                 if max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
+                 == schema.BuiltinOperator.TRANSPOSE_CONV and tag in (graph.tensors[op.inputs[1]].name or b"")]
+        if len(found) != 1:
+            raise RuntimeError(f"{w.name}: {len(found)} TRANSPOSE_CONV ops with its filter in the TFLite model; "
+                               "expected 1")
+        graph, op = found[0]
+        filt = graph.tensors[op.inputs[1]]
+        if filt.type != schema.TensorType.INT8 or filt.quantization is None:
+            raise RuntimeError(f"{w.name}: the converter left the TRANSPOSE_CONV filter unquantized")
+        q = w.weights_quantizers["kernel"]
+        values = q.to_int(tf.convert_to_tensor(w.quantized_variables()["kernel"])).numpy()
+        values = np.moveaxis(values, -2, 0)  # [..., out, in] -> [out, ..., in]
+        shape = [int(d) for d in filt.shape]
+        if [d for d in values.shape if d != 1] != [d for d in shape if d != 1] or values.shape[0] != shape[0]:
+            raise RuntimeError(f"{w.name}: the TRANSPOSE_CONV filter has shape {shape}; the kernel {values.shape}")
+        scale = output_channel_scales(w, "kernel", shape[0]).astype(np.float32)
+        _set_buffer(tflite, filt, np.ascontiguousarray(values.reshape(shape)).astype(np.int8), uses)
+        _set_quantization(filt, scale, 0)
+        bias_index = op.inputs[3] if len(op.inputs) > 3 else -1
+        if bias_index >= 0:
+            _requantize_bias(tflite, graph, op, bias_index, w, scale, uses)
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(tflite.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _set_buffer(tflite, tensor, values: np.ndarray, uses: dict) -> None:
+    """Store ``values`` as ``tensor``'s data (in a buffer of its own if the converter shared one)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = values.reshape(-1).view(np.uint8)
+    if (tflite.buffers[tensor.buffer].offset or 0) > 1:
+        raise RuntimeError(f"{tensor.name!r} is stored outside the flatbuffer (a model above 2 GB); cannot rewrite it")
+    if uses.get(tensor.buffer, 0) > 1:
+        uses[tensor.buffer] -= 1
+        buffer = schema.BufferT()
+        tflite.buffers.append(buffer)
+        tensor.buffer = len(tflite.buffers) - 1
+        uses[tensor.buffer] = 1
+    tflite.buffers[tensor.buffer].data = data
+
+
+def _set_quantization(tensor, scale: np.ndarray, dimension: int) -> None:
+    params = tensor.quantization
+    params.scale = np.asarray(scale, np.float32)
+    params.zeroPoint = np.zeros(scale.size, np.int64)
+    params.quantizedDimension = dimension
+    params.min = params.max = None
+
+
+def _requantize_bias(tflite, graph, op, index: int, w, scale, uses) -> None:
+    """The fused int32 bias of ``w``'s TRANSPOSE_CONV on the steps ``input scale * scale``."""
+    tensor = graph.tensors[index]
+    old_step = np.asarray(tensor.quantization.scale, np.float64)
+    stored = np.frombuffer(bytes(bytearray(tflite.buffers[tensor.buffer].data)), "<i4").astype(np.float64)
+    layer_bias = getattr(w.layer, "bias", None) if getattr(w.layer, "use_bias", False) else None
+    bias = np.zeros(stored.size) if layer_bias is None else np.asarray(layer_bias, np.float64).reshape(-1)
+    if bias.size != stored.size or old_step.size not in (1, stored.size) or \
+            np.any(np.abs(stored * old_step - bias) > old_step):
+        raise RuntimeError(f"{w.name}: the int32 bias of its TRANSPOSE_CONV is not the layer's bias")
+    step = np.float64(graph.tensors[op.inputs[2]].quantization.scale[0]) * scale.astype(np.float64)
+    info = np.iinfo(np.int32)
+    _set_buffer(tflite, tensor, np.clip(np.round(bias / step), info.min, info.max).astype("<i4"), uses)
+    _set_quantization(tensor, step.astype(np.float32), 0)
+
+
 def interpreter(flatbuffer: bytes, **kwargs):
     """A TFLite interpreter for ``flatbuffer``: LiteRT's (``ai-edge-litert``) where it is installed, else
     ``tf.lite.Interpreter`` (deprecated by TensorFlow in favour of LiteRT)."""
@@ -246,15 +355,19 @@ def run_tflite(flatbuffer: bytes, x, **interpreter_kwargs):
     return (y.astype(np.float32) - zero) * np.float32(scale), float(scale), reader
 
 
-def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str], dict]:
-    """``{(wrapper name, weight name): tensor details}`` of the wrapped weights in a :func:`to_tflite` file."""
+def tflite_weight_tensors(flatbuffer: bytes, model) -> dict[tuple[str, str | int], dict]:
+    """``{(wrapper name, weight name or constant position): tensor details}`` of the wrapped weights in a
+    :func:`to_tflite` file."""
     reader = interpreter(flatbuffer)
     details = reader.get_tensor_details()
+    produced = {int(i) for op in reader._get_ops_details() for i in op["outputs"]}
+    produced |= {d["index"] for d in reader.get_input_details()}
+    constants = {d["index"] for d in details} - produced
     found = {}
     for w in (layer for layer in flatten_layers(model) if isinstance(layer, QuantizationWrapper)):
         for name in w.weights_quantizers:
             tag = f"iqcore_{w.name}_{name}"
-            hits = [d for d in details if tag in d["name"] and d["dtype"] == np.int8]
+            hits = [d for d in details if tag in d["name"] and d["dtype"] == np.int8 and d["index"] in constants]
             if len(hits) == 1:
                 d = dict(hits[0])
                 try:
@@ -292,6 +405,6 @@ def _export_repeat(wrapper, name) -> int:
     q = wrapper.weights_quantizers[name]
     var = wrapper.quantized_variables()[name]
     g = q.grid
-    if g.axis is not None and g.rank == 4 and g.axis == 2:
+    if g.axis is not None and g.rank == 4 and g.axis == 2 and not is_transposed_conv(wrapper.layer):
         return int(var.shape[-1])
     return 1
