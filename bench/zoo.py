@@ -118,6 +118,8 @@ def run_one(name: str, method: str, seed: int = 0, calibration_images: int = 32)
         quantized = iqkeras.quantize_model(model, weights_method=method, activation_method="uniform",
                                            representative_data=calibration, verbose=0)
     seconds = time.perf_counter() - start
+    holder = next(layer for layer in quantized.layers if isinstance(layer, iqkeras.ActivationQuantizationHolder))
+    test = holder(test).numpy()  # on the input grid: the Keras model and the interpreter read the same codes
     float_out, q_out = model(test, training=False).numpy(), quantized(test, training=False).numpy()
     registered = iqcore._registry.layer_info
     weighted = [layer for layer in model.layers if registered(layer) is not None
@@ -147,21 +149,38 @@ def run_one(name: str, method: str, seed: int = 0, calibration_images: int = 32)
                top1_pct=round(100 * float(np.mean(np.argmax(lite, -1) == np.argmax(q_out, -1))), 1),
                float_ops=sum(op in ("DEQUANTIZE", "QUANTIZE") for op in ops), mul_ops=ops.count("MUL"),
                latency_ratio=round(latency_ratio(tf, model, quantized, test[:1]), 3))
+    row.update(simulated_agreement(iqkeras, model, calibration, method, test))
     return row
 
 
+def simulated_agreement(iqkeras, model, calibration, method: str, test: np.ndarray) -> dict:
+    """Agreement of the model quantized with ``integer_simulation="xnnpack"`` with its int8 file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        simulated = iqkeras.quantize_model(model, weights_method=method, activation_method="uniform",
+                                           representative_data=calibration, integer_simulation="xnnpack", verbose=0)
+        flatbuffer = iqkeras.to_tflite(simulated, allow_float=True)
+    out = simulated(test, training=False).numpy()
+    lite, step = interpreter_outputs(flatbuffer, test)
+    off = np.abs(lite - out) / step
+    return {"sim_max_steps": round(float(off.max()), 2), "sim_off_pct": round(100 * float(np.mean(off > 0.5)), 2),
+            "sim_top1_pct": round(100 * float(np.mean(np.argmax(lite, -1) == np.argmax(out, -1))), 1)}
+
+
 HEADER = ("model", "weights", "quantize (s)", "SQNR (dB)", "BN folded / as 1x1 depthwise", "layers quantized",
-          "TFLite max steps", "% outputs off", "top-1 agree %", "float tensors", "TFLite KB", "latency vs float")
+          "TFLite max steps", "% outputs off", "top-1 agree %", "simulated: max steps / % off / top-1 %",
+          "float tensors", "TFLite KB", "latency vs float")
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if "tflite" in r:
-            tail = [f"not converted: {r['tflite']}"] + [""] * 6
+            tail = [f"not converted: {r['tflite']}"] + [""] * 7
         else:
-            tail = [r["max_steps"], r["off_pct"], r["top1_pct"], r["float_tensors"], r["tflite_kb"],
-                    r["latency_ratio"]]
+            tail = [r["max_steps"], r["off_pct"], r["top1_pct"],
+                    f"{r['sim_max_steps']} / {r['sim_off_pct']} / {r['sim_top1_pct']}", r["float_tensors"],
+                    r["tflite_kb"], r["latency_ratio"]]
         cells = [r["model"], r["method"], r["quantize_s"], r["sqnr_db"],
                  f"{r['bn_folded']} / {r['bn_depthwise']} of {r['bn']}",
                  f"{r['quantized']}/{r['weighted']}", *tail]

@@ -35,6 +35,12 @@ import tensorflow as tf
 from iqcore import _registry as registry
 from iqcore.keras import _seed_models
 from iqcore.keras._compare import LayerAgreement, compare
+from iqcore.keras._integer import (
+    IntegerAdd,
+    IntegerAveragePooling2D,
+    IntegerConcatenate,
+    IntegerSimulation,
+)
 from iqcore.keras._layers import (
     KERAS_3,
     ActivationQuantizationHolder,
@@ -45,13 +51,17 @@ from iqcore.keras._metadata import add_metadata, add_tflite_metadata, get_metada
 from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
 from iqcore.keras._seed_models import load_seed_model, narrow_weights
 from iqcore.keras._tf_ops import TFOperation
-from iqcore.keras._tflite import flatten_layers, run_tflite, tflite_weight_tensors, to_tflite
+from iqcore.keras._tflite import deployment_form, flatten_layers, run_tflite, tflite_weight_tensors, to_tflite
 
 keras = tf.keras
 
 __all__ = [
     "KERAS_3",
     "ActivationQuantizationHolder",
+    "IntegerAdd",
+    "IntegerAveragePooling2D",
+    "IntegerConcatenate",
+    "IntegerSimulation",
     "LayerAgreement",
     "QuantizationWrapper",
     "TFOperation",
@@ -60,6 +70,7 @@ __all__ = [
     "calibrate_activation",
     "calibrate_weights",
     "compare",
+    "deployment_form",
     "export",
     "find_weight",
     "flatten_layers",

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from iqcore import _registry as registry
 from iqcore._quantizer import InferableQuantizer
-from iqcore.keras import _metadata
+from iqcore.keras import _integer, _metadata
 from iqcore.keras._export import conv1d_as_conv2d, dense_as_conv, export_weight, is_plain_conv1d
 from iqcore.keras._metadata import METADATA_KEY
 
@@ -166,6 +166,9 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         op_call_kwargs: Keyword arguments of the call (JSON-able values).
         is_inputs_as_list: Call ``layer`` with one list of inputs (``Multiply``, ``Concatenate``) instead of
             one argument per input (``tf.subtract``, ``keras.ops.matmul``).
+        integer_simulation: An :class:`iqcore.keras.IntegerSimulation`: compute the layer (a Conv1D, Conv2D,
+            DepthwiseConv2D or Dense) on integer codes, as the int8 interpreter does, between the given input and
+            output grids; None (the default) computes it in float on grid values.
         **kwargs: Keras layer arguments (``name``...). ``trainable`` defaults to False: training would move the
             weights off the grid.
 
@@ -178,7 +181,7 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
     """
 
     def __init__(self, layer, weights_quantizers=None, weight_values=None, op_call_args=None, op_call_kwargs=None,
-                 is_inputs_as_list=False, **kwargs):
+                 is_inputs_as_list=False, integer_simulation=None, **kwargs):
         kwargs.setdefault("trainable", False)
         if not isinstance(layer, keras.layers.Layer) and not (KERAS_3 and isinstance(layer, keras.Operation)):
             allowed = "a Keras layer or a keras.Operation" if KERAS_3 else "a Keras layer"
@@ -209,7 +212,14 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         if not isinstance(is_inputs_as_list, bool):
             raise TypeError(f"{self.name}: is_inputs_as_list must be a bool; got {is_inputs_as_list!r}")
         self._is_inputs_as_list = is_inputs_as_list
+        if integer_simulation is not None:
+            if not isinstance(integer_simulation, _integer.IntegerSimulation):
+                raise TypeError(f"{self.name}: integer_simulation must be an iqcore.keras.IntegerSimulation or "
+                                f"None; got {type(integer_simulation).__name__}")
+            _integer.check_layer(layer, quantizers, self.name)
+        self.integer_simulation = integer_simulation
         self._export = False
+        self._deploy = False  # True within iqcore.keras.deployment_form: no integer simulation
         if not self._constants and layer.built:
             self._bind()
 
@@ -335,6 +345,9 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
             return self._call_with_constants(fn, inputs, values)
         if self._export:
             return self._export_call(inputs, *args, **kwargs)
+        if self.integer_simulation is not None and not self._deploy:
+            return _integer.simulate(self.layer, self._quantizers["kernel"], self._variables_by_name["kernel"],
+                                     inputs, self.integer_simulation)
         return self.layer(inputs, *args, **kwargs)
 
     def _call_with_constants(self, fn, inputs, values):
@@ -413,6 +426,8 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
             config["op_call_args"] = list(self._op_call_args)
             config["op_call_kwargs"] = dict(self._op_call_kwargs)
             config["is_inputs_as_list"] = self._is_inputs_as_list
+        if self.integer_simulation is not None:
+            config["integer_simulation"] = _integer.to_config(self.integer_simulation, serialize_quantizer)
         config.update(_metadata.config_entry(self))
         return config
 
@@ -434,8 +449,11 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
                 raise TypeError(f"{name}: weight_values must be a dict {{position: constant}}; got "
                                 f"{type(values).__name__}")
             values = {_stored_key(k): _stored_constant(v, f"{name}: weight_values[{k!r}]") for k, v in values.items()}
+        simulation = config.pop("integer_simulation", None)
+        if simulation is not None:
+            simulation = _integer.from_config(simulation, deserialize_quantizer, f"{name}: integer_simulation")
         metadata = config.pop(METADATA_KEY, None)
-        wrapper = cls(layer, rebuilt, values, **config)
+        wrapper = cls(layer, rebuilt, values, integer_simulation=simulation, **config)
         if metadata is not None:
             _metadata.attach(wrapper, metadata, where=f"{name}: {METADATA_KEY}")
         return wrapper
@@ -450,6 +468,10 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
     Args:
         quantizer: An activation quantizer (``iqcore.get_quantizer(method, "activation", ...)``).
         activation_holder_quantizer: The seed's name for ``quantizer`` (give one of the two).
+        source: The activation quantizer whose grid the input is on, for the integer simulation of the
+            interpreter's int8 QUANTIZE op (:func:`iqcore.keras.quantize_model`'s ``integer_simulation``): the
+            input's codes are requantized as XNNPACK does before the quantizer applies; None (the default)
+            quantizes the input as it is.
         **kwargs: Keras layer arguments.
 
     Raises:
@@ -457,7 +479,7 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
             ``activation_holder_quantizer`` are given.
     """
 
-    def __init__(self, quantizer=None, activation_holder_quantizer=None, **kwargs):
+    def __init__(self, quantizer=None, activation_holder_quantizer=None, source=None, **kwargs):
         if (quantizer is None) == (activation_holder_quantizer is None):
             raise TypeError(
                 "ActivationQuantizationHolder takes one activation quantizer: give quantizer= or its seed alias "
@@ -467,6 +489,11 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
         super().__init__(**kwargs)
         chosen = quantizer if quantizer is not None else activation_holder_quantizer
         self.quantizer = deserialize_quantizer(chosen, f"{self.name}: quantizer", "activation")
+        self.source = None if source is None else deserialize_quantizer(source, f"{self.name}: source", "activation")
+        if self.source is not None:
+            _integer.IntegerSimulation(self.source, self.quantizer)  # per-tensor activation grids only
+            _integer.requantize(tf.zeros([1]), self.source, self.quantizer)  # a ratio XNNPACK converts
+        self._deploy = False  # True within iqcore.keras.deployment_form: the quantizer alone
         if metadata is not None:
             _metadata.attach(self, metadata, where=f"{self.name}: {METADATA_KEY}")
 
@@ -476,6 +503,8 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
         return self.quantizer
 
     def call(self, inputs):
+        if self.source is not None and not self._deploy:
+            inputs = _integer.requantize(inputs, self.source, self.quantizer)
         return self.quantizer(inputs)
 
     def compute_output_shape(self, input_shape):
@@ -484,6 +513,8 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
     def get_config(self):
         config = super().get_config()
         config[HOLDER_KEY] = serialize_quantizer(self.quantizer)
+        if self.source is not None:
+            config["source"] = serialize_quantizer(self.source)
         config.update(_metadata.config_entry(self))
         return config
 

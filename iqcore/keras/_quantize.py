@@ -22,6 +22,15 @@ from iqcore.keras._graph import (
     operation_names,
     rebuild,
 )
+from iqcore.keras._integer import (
+    RUNTIMES,
+    IntegerAdd,
+    IntegerAveragePooling2D,
+    IntegerConcatenate,
+    IntegerSimulation,
+    is_simulated,
+    requantize,
+)
 from iqcore.keras._layers import (
     KERAS_3,
     ActivationQuantizationHolder,
@@ -141,6 +150,13 @@ def _is_relu(layer) -> bool:
         return not config.get("negative_slope") and not config.get("threshold") and \
             config.get("max_value") in (None, 6.0)
     return isinstance(layer, layers.Activation) and _activation_name(layer.activation) in ("relu", "relu6")
+
+
+def _relu_max(layer) -> float | None:
+    """The clamp of a ReLU layer or activation (6.0 for relu6), None for a plain ReLU."""
+    if isinstance(layer, layers.ReLU):
+        return layer.get_config().get("max_value")
+    return 6.0 if _activation_name(layer.activation) == "relu6" else None
 
 
 def _relu_fused(layer, consumer_names, by_name) -> bool:
@@ -297,13 +313,21 @@ def _holder_targets(model, plan_a, quantize_inputs: bool) -> list[str]:
 def _share_concat_grids(model, plan_a) -> None:
     """Give each input of a ``Concatenation`` that feeds nothing else the concatenation's quantizer: the TFLite
     converter makes such a producer write straight onto the concatenation's grid (one rounding), and only an
-    input with other consumers keeps its own grid, requantized by a QUANTIZE op (two roundings, as in Keras)."""
+    input with other consumers keeps its own grid, requantized by a QUANTIZE op (two roundings, as in Keras).
+
+    An input that comes through layers that keep their input's grid (padding, max pooling) is requantized
+    where that chain starts, so that every consumer of it reads the concatenation's grid: a holder with the
+    concatenation's quantizer follows it."""
     producers, consumers = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
     for layer in model.layers:
         if not isinstance(layer, layers.Concatenate) or layer.name not in plan_a:
             continue
         for p in producers.get(layer.name, []):
             if p in plan_a and consumers.get(p) == [layer.name] and p not in input_names(model):
+                plan_a[p] = plan_a[layer.name]
+            elif p not in plan_a and isinstance(by_name.get(p), PASS_THROUGH) and \
+                    _upstream_holder(p, producers, by_name, plan_a) is not None:
                 plan_a[p] = plan_a[layer.name]
 
 
@@ -440,6 +464,103 @@ def _constant_plan(model, weights_quantizers: dict) -> dict[str, dict]:
     return plan
 
 
+def _integer_plan(model, plan_w, plan_a, runtime) -> dict[str, IntegerSimulation]:
+    """``{layer name: IntegerSimulation}`` for each quantized layer :mod:`iqcore.keras._integer` covers whose input
+    comes from a holder and whose output (or the output of the ReLU TFLite fuses into it) goes to one."""
+    if runtime is None:
+        return {}
+    if runtime not in RUNTIMES:
+        raise ValueError(f"integer_simulation is {runtime!r}; allowed: None or one of {list(RUNTIMES)}")
+    producers, consumers = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    plan = {}
+    for name, quantizers in plan_w.items():
+        layer = by_name[name]
+        if not is_simulated(layer) or set(quantizers) != {"kernel"}:
+            continue
+        source = _upstream_holder(name, producers, by_name, plan_a)
+        output, activation = _output_holder(layer, consumers, by_name, plan_a)
+        if source is None or output is None:
+            continue
+        plan[name] = IntegerSimulation(deserialize_quantizer(source, f"the holder before {name!r}", "activation"),
+                                       deserialize_quantizer(output, f"the holder after {name!r}", "activation"),
+                                       activation, runtime)
+    return plan
+
+
+def _holder_at(name, producers, by_name, plan_a):
+    """The holder quantizer of the tensor ``name`` outputs (its own, or through pass-through layers), or None."""
+    if name in plan_a:
+        return plan_a[name]
+    if isinstance(by_name.get(name), PASS_THROUGH):
+        return _upstream_holder(name, producers, by_name, plan_a)
+    return None
+
+
+def _output_holder(layer, consumers, by_name, plan_a):
+    """``(holder quantizer after layer, fused activation)``: its own holder, or the one after the ReLU TFLite
+    fuses into it; ``(None, "linear")`` if neither."""
+    if layer.name in plan_a:
+        return plan_a[layer.name], "linear"
+    if _relu_fused(layer, consumers.get(layer.name, []), by_name):
+        relu = by_name[consumers[layer.name][0]]
+        if relu.name in plan_a:
+            return plan_a[relu.name], "relu6" if _relu_max(relu) == 6.0 else "relu"
+    return None, "linear"
+
+
+def _integer_merges(model, plan_a) -> dict:
+    """``{name: IntegerAdd, IntegerConcatenate or IntegerAveragePooling2D}`` for each two-input ``Add``, each
+    ``Concatenate`` and each ``AveragePooling2D`` between holders, where the interpreter's kernels take them."""
+    producers, consumers = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    merges: dict = {}
+    for layer in model.layers:
+        feeding = producers.get(layer.name, [])
+        if type(layer) is layers.AveragePooling2D and len(feeding) == 1:
+            source = _holder_at(feeding[0], producers, by_name, plan_a)
+            if source is not None and plan_a.get(layer.name) is source:
+                config = layer.get_config()
+                merges[layer.name] = IntegerAveragePooling2D(source, pool_size=config["pool_size"],
+                                                             strides=config["strides"], padding=config["padding"],
+                                                             name=layer.name)
+            continue
+        if type(layer) not in (layers.Add, layers.Concatenate) or len(feeding) < 2:
+            continue
+        sources = [_holder_at(p, producers, by_name, plan_a) for p in feeding]
+        output, activation = _output_holder(layer, consumers, by_name, plan_a)
+        if output is None or any(s is None for s in sources):
+            continue
+        try:
+            if type(layer) is layers.Add and len(feeding) == 2:
+                merges[layer.name] = IntegerAdd(sources, output, activation, name=layer.name)
+            elif type(layer) is layers.Concatenate and activation == "linear":
+                merges[layer.name] = IntegerConcatenate(sources, output, axis=layer.get_config()["axis"],
+                                                        name=layer.name)
+        except ValueError:  # a scale ratio XNNPACK does not run: the float layer stays
+            continue
+    return merges
+
+
+def _requantized_holders(model, plan_a) -> dict:
+    """``{layer name: source grid}`` for the holders after layers that keep their input's grid (padding, max
+    pooling) but hold another one: TFLite requantizes there with an int8 QUANTIZE op."""
+    producers, _ = graph(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    sources = {}
+    for name, q in plan_a.items():
+        if not isinstance(by_name.get(name), PASS_THROUGH):
+            continue
+        source = _upstream_holder(name, producers, by_name, plan_a)
+        if source is not None and source is not q:
+            try:
+                sources[name] = deserialize_quantizer(source, f"the holder before {name!r}", "activation")
+                requantize(tf.zeros([1]), sources[name], q)
+            except ValueError:
+                sources.pop(name, None)
+    return sources
+
+
 def _check_arguments(model, weights_quantizers, activation_quantizers, activation_method, representative_data,
                      bias_correction) -> None:
     if not isinstance(model, keras.Model):
@@ -467,7 +588,7 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
                    weights_bits: int = 8, per_channel: bool = True, weights_strategy: str = "minmax",
                    activation_method=None, activation_bits: int = 8, activation_strategy: str = "minmax",
                    representative_data=None, quantize_inputs: bool = True, bias_correction: bool = False,
-                   fold_batch_norm: bool = True, verbose: int = 1):
+                   fold_batch_norm: bool = True, integer_simulation: str | None = None, verbose: int = 1):
     """A quantized copy of a float Keras model (the float model is left untouched).
 
     Either give quantizers per layer, or methods and bit widths and let each method calibrate itself. First,
@@ -509,6 +630,11 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
         bias_correction: Correct the biases of quantized layers (needs ``representative_data``).
         fold_batch_norm: Fold batch normalization into the layer before it, or make it a 1x1 depthwise
             convolution (False keeps it, in float).
+        integer_simulation: ``"xnnpack"``: each wrapped Conv1D/Conv2D/DepthwiseConv2D/Dense between two holders
+            computes on integer codes and requantizes as TFLite's XNNPACK delegate does
+            (:class:`IntegerSimulation`), so that the model gives the int8 file's numbers rather than
+            TensorFlow's fake-quant ones (which round half steps up, after float32 accumulation); None (the
+            default) keeps the float computation.
         verbose: 0 silences the progress bar shown when calibration takes more than a few seconds.
 
     Returns:
@@ -545,14 +671,23 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     for n, q in plan_a.items():
         deserialize_quantizer(q, f"activation_quantizers[{n!r}]", "activation")
 
+    simulated = _integer_plan(model, plan_w, plan_a, integer_simulation)
+    simulated_merges = _integer_merges(model, plan_a) if integer_simulation is not None else {}
+    sources = _requantized_holders(model, plan_a) if integer_simulation is not None else {}
+
     def wrap(layer):
+        if layer.name in simulated_merges:
+            return simulated_merges[layer.name]
         clone = clone_layer(layer)
         if layer.name in plan_w:
-            return QuantizationWrapper(clone, plan_w[layer.name], name=f"{layer.name}_quantized")
+            return QuantizationWrapper(clone, plan_w[layer.name], name=f"{layer.name}_quantized",
+                                       integer_simulation=simulated.get(layer.name))
         return clone
 
     def holders(name):
-        return [ActivationQuantizationHolder(plan_a[name], name=f"{name}_activation")] if name in plan_a else []
+        if name not in plan_a:
+            return []
+        return [ActivationQuantizationHolder(plan_a[name], source=sources.get(name), name=f"{name}_activation")]
 
     new = rebuild(model, wrap, holders, f"{model.name}_quantized", constants=constants)
     copy_weights(model, new)

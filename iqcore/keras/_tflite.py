@@ -3,6 +3,7 @@ Public names are re-exported by :mod:`iqcore.keras`."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 
@@ -141,7 +142,7 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
             if problem:
                 raise ValueError(f"{w.name}: weights_quantizers[{name!r}] cannot be exported to TFLite: {problem}")
     _check_activation_ranges(model)
-    with export_form(wrappers):
+    with export_form(wrappers), deployment_form(model):
         converter = _converter(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8_io:
@@ -152,7 +153,7 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
         raise RuntimeError("the TFLite converter returned an empty file (run with TF_CPP_MIN_LOG_LEVEL=0 for its log)")
     if any(is_transposed_conv(w.layer) for w in wrappers):
         flatbuffer = write_transposed_weights(flatbuffer, model)
-    flatbuffer = restore_scales(flatbuffer, model)
+    flatbuffer = restore_scales(restore_activation_scales(flatbuffer, model), model)
     metadata = get_metadata(model)
     if metadata:  # the model's metadata goes into the file's metadata table
         flatbuffer = add_tflite_metadata(flatbuffer, metadata)
@@ -167,6 +168,21 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
             raise ValueError(f"{message}; allowed: to_tflite(..., allow_float=True) to accept float sections")
         warnings.warn(message, FloatSectionWarning, stacklevel=2)
     return flatbuffer
+
+
+@contextlib.contextmanager
+def deployment_form(model):
+    """Within the block, the layers of ``model`` that simulate a runtime's integer arithmetic (wrappers with an
+    :class:`~iqcore.keras.IntegerSimulation`, :class:`~iqcore.keras.IntegerAdd`) compute in float on grid
+    values, the graph that converters (TFLite, ONNX) turn into int8 ops."""
+    simulating = [layer for layer in flatten_layers(model) if hasattr(layer, "_deploy")]
+    for layer in simulating:
+        layer._deploy = True
+    try:
+        yield
+    finally:
+        for layer in simulating:
+            layer._deploy = False
 
 
 def _converter(model) -> tf.lite.TFLiteConverter:
@@ -218,6 +234,48 @@ def restore_scales(flatbuffer: bytes, model) -> bytes:
                 start = buffer.find(old)
                 buffer[start:start + len(old)] = want.tobytes()
     return bytes(buffer)
+
+
+def restore_activation_scales(flatbuffer: bytes, model) -> bytes:
+    """Give each int8 activation tensor whose scale is within two float32 ulps of a holder's scale (with the
+    same zero point) that holder's exact scale.
+
+    The converter derives an activation's scale from its FakeQuant range in another precision than
+    TensorFlow's kernel, and lands one ulp away about once in a few tensors; the interpreter's requantization
+    multipliers (``input scale * weight scale / output scale``) then differ from the ones the holders define,
+    and values within a few millionths of a step of a half step round the other way.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    exact: dict[int, list[np.float32]] = {}
+    for h in (layer for layer in flatten_layers(model) if isinstance(layer, ActivationQuantizationHolder)):
+        p = h.quantizer.quantization_params()
+        exact.setdefault(int(p.zero_point), []).append(np.float32(p.scale))
+    if not exact:
+        return flatbuffer
+    tflite = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(flatbuffer), 0))
+    changed = False
+    for graph in tflite.subgraphs or []:
+        for tensor in graph.tensors or []:
+            q = tensor.quantization
+            data = tflite.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) != 1 or \
+                    q.zeroPoint is None or (data is not None and len(data) > 0):
+                continue
+            got = np.float32(q.scale[0])
+            near = [s for s in exact.get(int(q.zeroPoint[0]), []) if abs(s - got) <= 2 * np.spacing(s)]
+            if near:
+                best = min(near, key=lambda s: abs(s - got))
+                if best != got:
+                    q.scale = np.asarray([best], np.float32)
+                    changed = True
+    if not changed:
+        return flatbuffer
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(tflite.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def write_transposed_weights(flatbuffer: bytes, model) -> bytes:

@@ -317,7 +317,8 @@ def to_onnx(model, *, opset: int = DEFAULT_OPSET, rounding: str = "onnx"):
 
     @tf.function
     def forward(*xs):
-        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        with iqkeras.deployment_form(model):  # integer-simulating layers as the float graph ONNX quantizes
+            return model(list(xs) if len(xs) > 1 else xs[0], training=False)
 
     # tf2onnx's handler table: (function, [ONNX op type to rename the node to (None: keep), *args])
     handlers = {op: (_fake_quant_handler, [None, activations]) for op in _FAKE_QUANT_OPS}

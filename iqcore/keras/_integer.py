@@ -1,0 +1,356 @@
+"""Integer-exact simulation of a quantized convolution or Dense layer as TFLite's XNNPACK delegate runs it.
+
+A wrapped ``Conv2D``, ``DepthwiseConv2D``, ``Conv1D`` or ``Dense`` normally computes in float32 on grid values,
+and the holder after it rounds the result half up, as TensorFlow's fake-quant op does. The int8 interpreter
+instead accumulates integer codes exactly and requantizes once; where a value falls on (or within float32
+rounding of) a half step, the two round it differently, and a one-step difference in one layer grows layer
+after layer in a deep network. With :class:`IntegerSimulation` attached, the wrapper computes what XNNPACK
+computes (its ``fp32`` requantization, the one it uses on x86 and ARM):
+
+    acc  = sum((x_code - x_zero_point) * w_code) + round(bias / (s_x * s_w))      (exact, in float64)
+    m    = float32(float32(s_x * s_w) / s_y)                                        (per output channel)
+    code = clamp(round_half_even(float32(acc) * m), activation and int8 bounds) + y_zero_point
+    y    = (code - y_zero_point) * s_y
+
+so that the holder after it reproduces the interpreter's codes. The layer's input must be on the input
+holder's grid (it is, in a model from :func:`iqcore.keras.quantize_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from iqcore._quantizer import InferableQuantizer
+
+keras = tf.keras
+layers = keras.layers
+
+#: Runtimes whose arithmetic the simulation reproduces.
+RUNTIMES = ("xnnpack",)
+#: Activations fused into the requantization (a clamp of the output codes).
+ACTIVATIONS = ("linear", "relu", "relu6")
+#: Wrapped layers that can be simulated (subclasses included, transposed convolutions excepted: on Keras 2
+#: they subclass Conv1D/Conv2D).
+SIMULATED = (layers.DepthwiseConv2D, layers.Conv2D, layers.Conv1D, layers.Dense)
+_TRANSPOSED = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
+
+
+def is_simulated(layer) -> bool:
+    """Whether :func:`simulate` covers ``layer``'s type."""
+    return isinstance(layer, SIMULATED) and not isinstance(layer, _TRANSPOSED)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerSimulation:
+    """The grids an integer-exact wrapper computes between.
+
+    Attributes:
+        input: The per-tensor activation quantizer whose grid the layer's input is on.
+        output: The per-tensor activation quantizer of the holder after the layer.
+        activation: ``"linear"``, ``"relu"`` or ``"relu6"``: the activation fused into the output clamp.
+        runtime: Whose arithmetic to reproduce (``"xnnpack"``).
+    """
+
+    input: InferableQuantizer
+    output: InferableQuantizer
+    activation: str = "linear"
+    runtime: str = "xnnpack"
+
+    def __post_init__(self):
+        for name in ("input", "output"):
+            q = getattr(self, name)
+            if not isinstance(q, InferableQuantizer) or q.target != "activation" or q.grid.axis is not None:
+                raise TypeError(f"integer_simulation {name} must be a per-tensor activation quantizer; got {q!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"integer_simulation activation is {self.activation!r}; allowed: {list(ACTIVATIONS)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"integer_simulation runtime is {self.runtime!r}; allowed: {list(RUNTIMES)}")
+
+
+def check_layer(layer, quantizers: dict, where: str) -> None:
+    """Refuse a wrapped layer the simulation does not cover, naming what is allowed."""
+    if not is_simulated(layer) or set(quantizers) != {"kernel"}:
+        raise ValueError(f"{where}: integer_simulation covers a wrapped Conv1D, Conv2D, DepthwiseConv2D or Dense "
+                         f"with a quantized kernel; got {type(layer).__name__} with {sorted(map(str, quantizers))}")
+    config = layer.get_config()
+    if config.get("groups", 1) != 1 or config.get("data_format", "channels_last") not in (None, "channels_last"):
+        raise ValueError(f"{where}: integer_simulation needs groups=1 and channels_last; got groups="
+                         f"{config.get('groups', 1)}, data_format={config.get('data_format')!r}")
+    activation = getattr(layer.activation, "__name__", "linear") if hasattr(layer, "activation") else "linear"
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: integer_simulation fuses only {list(ACTIVATIONS)}; the layer's activation is "
+                         f"{activation!r}")
+
+
+def _accumulate(layer, codes: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """The layer's linear operation on integer-valued float64 tensors (exact: every partial sum < 2**53)."""
+    config = layer.get_config()
+    if isinstance(layer, layers.Dense):
+        return tf.tensordot(codes, kernel, axes=[[codes.shape.rank - 1], [0]])
+    padding = config["padding"].upper()
+    if isinstance(layer, layers.DepthwiseConv2D):
+        strides = [1, *config["strides"], 1]
+        return tf.nn.depthwise_conv2d(codes, kernel, strides, padding, dilations=config["dilation_rate"])
+    if isinstance(layer, layers.Conv2D):
+        return tf.nn.conv2d(codes, kernel, config["strides"], padding, dilations=config["dilation_rate"])
+    padding = "VALID" if padding == "CAUSAL" else padding  # causal: Keras pads the input on the left first
+    return tf.nn.conv1d(codes, kernel, config["strides"], padding, dilations=config["dilation_rate"])
+
+
+def _causal_pad(layer, x: tf.Tensor) -> tf.Tensor:
+    config = layer.get_config()
+    if not isinstance(layer, layers.Conv1D) or config["padding"] != "causal":
+        return x
+    left = config["dilation_rate"][0] * (config["kernel_size"][0] - 1)
+    return tf.pad(x, [[0, 0], [left, 0], [0, 0]])
+
+
+def output_scales(layer, quantizer: InferableQuantizer, channels: int) -> np.ndarray:
+    """The weight scale of each output channel (a depthwise kernel's repeated per multiplier)."""
+    scale = np.asarray(quantizer.grid.scale, np.float32).reshape(-1)
+    if isinstance(layer, layers.DepthwiseConv2D) and scale.size > 1:
+        scale = np.repeat(scale, channels // scale.size)
+    return np.broadcast_to(scale, (channels,)) if scale.size == 1 else scale
+
+
+def simulate(layer, quantizer: InferableQuantizer, kernel_variable, inputs, sim: IntegerSimulation) -> tf.Tensor:
+    """The wrapped layer's output on ``sim.output``'s grid, computed as the runtime computes it (module doc)."""
+    p_in, p_out = sim.input.quantization_params(), sim.output.quantization_params()
+    s_in, s_out = np.float32(p_in.scale), np.float32(p_out.scale)
+    x = tf.cast(inputs, tf.float32)
+    codes = tf.cast(tf.round(x / s_in), tf.float64)  # x_code - x_zero_point: x is on the input grid
+    kernel = tf.cast(quantizer.to_int(tf.convert_to_tensor(kernel_variable)), tf.float64)
+    acc = _accumulate(layer, _causal_pad(layer, codes), kernel)
+    channels = int(acc.shape[-1])
+    s_w = output_scales(layer, quantizer, channels)
+    step = (s_in * s_w).astype(np.float32)  # float32(s_x * s_w), as the converter and XNNPACK compute it
+    if getattr(layer, "use_bias", False):  # the int32 bias the converter stores: round(bias / (s_x * s_w))
+        bias = tf.cast(tf.convert_to_tensor(layer.bias), tf.float64)
+        acc = acc + tf.round(bias / step.astype(np.float64))
+    multiplier = (step / s_out).astype(np.float32)
+    y = tf.cast(acc, tf.float32) * multiplier
+    low, high = float(p_out.qmin - p_out.zero_point), float(p_out.qmax - p_out.zero_point)
+    activation = sim.activation if sim.activation != "linear" else \
+        getattr(getattr(layer, "activation", None), "__name__", "linear")
+    if activation in ("relu", "relu6"):
+        low = max(low, 0.0)
+    if activation == "relu6":
+        high = min(high, float(np.floor(np.float32(6.0) / s_out + 0.5)))  # TFLite rounds the bound half away
+    code = tf.round(tf.clip_by_value(y, low, high))  # tf.round: half to even, as XNNPACK's fp32 path
+    return tf.cast(code * s_out, inputs.dtype)
+
+
+def to_config(sim: IntegerSimulation, serialize) -> dict[str, Any]:
+    return {"runtime": sim.runtime, "activation": sim.activation, "input": serialize(sim.input),
+            "output": serialize(sim.output)}
+
+
+def from_config(data, deserialize, where: str) -> IntegerSimulation:
+    keys = {"runtime", "activation", "input", "output"}
+    if not isinstance(data, dict) or set(data) != keys:
+        raise ValueError(f"{where} must be a dict with the keys {sorted(keys)}; got {data!r:.200}")
+    return IntegerSimulation(deserialize(data["input"], f"{where}['input']", "activation"),
+                             deserialize(data["output"], f"{where}['output']", "activation"),
+                             data["activation"], data["runtime"])
+
+
+def add_parameters(s_a, s_b, s_out) -> tuple[int, int, int]:
+    """XNNPACK's ``(a_multiplier, b_multiplier, shift)`` of an int8 addition: each ``s_i / s_out`` (float32) as
+    a 21-bit fixed-point multiplier, the larger one in ``[2**20, 2**21)``.
+
+    Raises:
+        ValueError: For a scale ratio outside ``[2**-10, 2**8)``, where XNNPACK does not run the addition.
+    """
+    ratios = [np.float32(np.float32(s) / np.float32(s_out)) for s in (s_a, s_b)]
+    largest = max(ratios)
+    if not all(2.0**-10 <= r < 2.0**8 for r in ratios):
+        raise ValueError(f"input/output scale ratios {[float(r) for r in ratios]}; allowed: [2**-10, 2**8)")
+    shift = 20 - (int(largest.view(np.uint32) >> 23) - 127)
+    multipliers = [int(np.rint(np.float32(r * np.float32(2.0**shift)))) for r in ratios]  # lrintf: half to even
+    return multipliers[0], multipliers[1], shift
+
+
+def clamp_codes(code, q: InferableQuantizer, activation: str):
+    """Integer output codes clamped to ``q``'s range and to a fused ReLU/ReLU6 (TFLite's activation bounds)."""
+    p = q.quantization_params()
+    low, high = int(p.qmin), int(p.qmax)
+    if activation in ("relu", "relu6"):
+        low = max(low, int(p.zero_point))
+    if activation == "relu6":
+        high = min(high, int(p.zero_point) + int(np.floor(np.float32(6.0) / np.float32(p.scale) + 0.5)))
+    return tf.clip_by_value(code, low, high)
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerAdd(layers.Add):  # type: ignore[name-defined]
+    """An ``Add`` of two inputs computed as XNNPACK's int8 addition does, between the grids of the holders
+    before and after it (see :class:`IntegerSimulation`):
+
+        acc  = rounding + a_multiplier * (a_code - a_zero_point) + b_multiplier * (b_code - b_zero_point)
+        code = clamp((acc >> shift) + y_zero_point)        (rounding = 2**(shift - 1): half steps round up)
+
+    Args:
+        inputs: The two per-tensor activation quantizers whose grids the operands are on.
+        output: The activation quantizer of the holder after it.
+        activation: The ReLU TFLite fuses into the addition (``"linear"``, ``"relu"``, ``"relu6"``).
+        **kwargs: Keras layer arguments.
+    """
+
+    def __init__(self, inputs, output, activation: str = "linear", **kwargs):
+        from iqcore.keras._layers import deserialize_quantizer
+
+        super().__init__(**kwargs)
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(f"{self.name}: inputs must be two activation quantizers; got {inputs!r:.120}")
+        self.simulation = [IntegerSimulation(deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation"),
+                                             deserialize_quantizer(output, f"{self.name}: output", "activation"),
+                                             activation) for i, q in enumerate(inputs)]
+        s = [sim.input.quantization_params().scale for sim in self.simulation]
+        self._deploy = False  # True within iqcore.keras.deployment_form: a plain Add
+        try:
+            self._multipliers = add_parameters(s[0], s[1], self.simulation[0].output.quantization_params().scale)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: XNNPACK does not run this addition: {e}") from None
+
+    def _merge_function(self, inputs):
+        if self._deploy:
+            return super()._merge_function(inputs)
+        if len(inputs) != 2:
+            raise ValueError(f"{self.name}: IntegerAdd adds two inputs; got {len(inputs)}")
+        a_mult, b_mult, shift = self._multipliers
+        acc = tf.constant(1 << (shift - 1), tf.int64)
+        for x, mult, sim in zip(inputs, (a_mult, b_mult), self.simulation, strict=True):
+            p = sim.input.quantization_params()
+            codes = tf.cast(tf.round(tf.cast(x, tf.float32) / np.float32(p.scale)), tf.int64)  # code - zero point
+            acc = acc + mult * codes
+        out = self.simulation[0].output
+        p = out.quantization_params()
+        code = clamp_codes(tf.bitwise.right_shift(acc, shift) + int(p.zero_point), out, self.simulation[0].activation)
+        return tf.cast(tf.cast(code - int(p.zero_point), tf.float32) * np.float32(p.scale), inputs[0].dtype)
+
+    def get_config(self):
+        from iqcore.keras._layers import serialize_quantizer
+
+        return {**super().get_config(), "inputs": [serialize_quantizer(s.input) for s in self.simulation],
+                "output": serialize_quantizer(self.simulation[0].output), "activation": self.simulation[0].activation}
+
+
+def convert_codes(codes, source: InferableQuantizer, target: InferableQuantizer):
+    """int8 codes (minus nothing: raw codes) of ``source``'s grid requantized onto ``target``'s as XNNPACK's
+    int8 convert does: an 8-bit fixed-point multiplier ``lrint(256 * s_source / s_target)``, half steps up.
+
+    Raises:
+        ValueError: For a scale ratio outside ``[2**-8, 2**7]``, where XNNPACK does not convert.
+    """
+    p_in, p_out = source.quantization_params(), target.quantization_params()
+    ratio = np.float32(np.float32(p_in.scale) / np.float32(p_out.scale))
+    if not 2.0**-8 <= ratio <= 2.0**7:
+        raise ValueError(f"scale ratio {float(ratio)}; allowed: [2**-8, 2**7]")
+    multiplier = int(np.rint(np.float32(256.0) * ratio))
+    acc = (codes - int(p_in.zero_point)) * multiplier + (128 + (int(p_out.zero_point) << 8))
+    return tf.clip_by_value(tf.bitwise.right_shift(acc, 8), int(p_out.qmin), int(p_out.qmax))
+
+
+def to_codes(x, q: InferableQuantizer):
+    """The int64 codes of values on ``q``'s grid."""
+    p = q.quantization_params()
+    return tf.cast(tf.round(tf.cast(x, tf.float32) / np.float32(p.scale)), tf.int64) + int(p.zero_point)
+
+
+def from_codes(code, q: InferableQuantizer, dtype):
+    p = q.quantization_params()
+    return tf.cast(tf.cast(code - int(p.zero_point), tf.float32) * np.float32(p.scale), dtype)
+
+
+def requantize(x, source: InferableQuantizer, target: InferableQuantizer):
+    """Values on ``source``'s grid moved onto ``target``'s as the interpreter's int8 QUANTIZE op does."""
+    if source.quantization_params() == target.quantization_params():
+        return x
+    return from_codes(convert_codes(to_codes(x, source), source, target), target, x.dtype)
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerConcatenate(layers.Concatenate):  # type: ignore[name-defined]
+    """A ``Concatenate`` whose inputs on other grids than its holder's are requantized as the interpreter's
+    QUANTIZE op does before TFLite's CONCATENATION (see :func:`convert_codes`).
+
+    Args:
+        inputs: The per-tensor activation quantizers whose grids the inputs are on.
+        output: The activation quantizer of the holder after it.
+        **kwargs: ``Concatenate`` arguments (``axis``) and Keras layer arguments.
+    """
+
+    def __init__(self, inputs, output, **kwargs):
+        from iqcore.keras._layers import deserialize_quantizer
+
+        super().__init__(**kwargs)
+        self.sources = [deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation")
+                        for i, q in enumerate(inputs)]
+        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
+        for q in (*self.sources, self.output_quantizer):
+            IntegerSimulation(q, self.output_quantizer)  # per-tensor activation grids only
+        for q in self.sources:
+            requantize(tf.zeros([1]), q, self.output_quantizer)  # refuses a ratio XNNPACK does not convert
+        self._deploy = False  # True within iqcore.keras.deployment_form: a plain Concatenate
+
+    def _merge_function(self, inputs):
+        if not self._deploy:
+            if len(inputs) != len(self.sources):
+                raise ValueError(f"{self.name}: {len(inputs)} inputs for {len(self.sources)} input grids")
+            inputs = [requantize(x, q, self.output_quantizer) for x, q in zip(inputs, self.sources, strict=True)]
+        return super()._merge_function(inputs)
+
+    def get_config(self):
+        from iqcore.keras._layers import serialize_quantizer
+
+        return {**super().get_config(), "inputs": [serialize_quantizer(q) for q in self.sources],
+                "output": serialize_quantizer(self.output_quantizer)}
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerAveragePooling2D(layers.AveragePooling2D):  # type: ignore[name-defined]
+    """An ``AveragePooling2D`` on one grid (its input's and its holder's) computed as TFLite's int8
+    AVERAGE_POOL_2D kernel does: the sum of the raw codes in each window (padding excluded) divided by their
+    count in integers, half steps away from zero.
+
+    Args:
+        grid: The per-tensor activation quantizer of the input and of the holder after it.
+        **kwargs: ``AveragePooling2D`` arguments (channels last) and Keras layer arguments.
+    """
+
+    def __init__(self, grid, **kwargs):
+        from iqcore.keras._layers import deserialize_quantizer
+
+        super().__init__(**kwargs)
+        self.grid = deserialize_quantizer(grid, f"{self.name}: grid", "activation")
+        IntegerSimulation(self.grid, self.grid)  # a per-tensor activation grid only
+        if self.get_config().get("data_format", "channels_last") not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: integer simulation needs data_format='channels_last'")
+        self._deploy = False  # True within iqcore.keras.deployment_form: a plain AveragePooling2D
+
+    def call(self, inputs):
+        if self._deploy:
+            return super().call(inputs)
+        config = self.get_config()
+        codes = tf.cast(to_codes(inputs, self.grid), tf.float64)
+        channels = int(inputs.shape[-1])
+        window = [*config["pool_size"], 1, 1]
+        strides = [1, *config["strides"], 1]
+        padding = config["padding"].upper()
+        sums = tf.nn.depthwise_conv2d(codes, tf.ones([*config["pool_size"], channels, 1], tf.float64), strides,
+                                      padding)
+        counts = tf.nn.conv2d(tf.ones_like(codes[..., :1]), tf.ones(window, tf.float64), strides, padding)
+        total, count = tf.cast(sums, tf.int64), tf.cast(counts, tf.int64)
+        half = count // 2
+        code = tf.where(total > 0, (total + half) // count, -((half - total) // count))
+        p = self.grid.quantization_params()
+        return from_codes(tf.clip_by_value(code, int(p.qmin), int(p.qmax)), self.grid, inputs.dtype)
+
+    def get_config(self):
+        from iqcore.keras._layers import serialize_quantizer
+
+        return {**super().get_config(), "grid": serialize_quantizer(self.grid)}
