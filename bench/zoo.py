@@ -194,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=["pot", "symmetric"])
     parser.add_argument("--out", default="bench/results/zoo.json")
     parser.add_argument("--docs", help="rewrite the table between the zoo markers of this Markdown file")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of --out for the models and methods not run now")
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:
@@ -206,6 +208,12 @@ def main(argv=None) -> int:
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if args.update and os.path.exists(args.out):
+        fresh = {(r["model"], r["method"]) for r in rows}
+        with open(args.out) as f:
+            rows += [r for r in json.load(f) if (r["model"], r["method"]) not in fresh]
+        order = list(ARCHITECTURES)
+        rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["method"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
@@ -215,8 +223,10 @@ def main(argv=None) -> int:
     if args.docs:
         import tensorflow as tf
 
-        stamp = (f"Measured {datetime.date.today()} with TensorFlow {tf.__version__}: "
-                 f"`python bench/zoo.py --docs {args.docs}`.")
+        command = " ".join(["python bench/zoo.py", *(sys.argv[1:] if argv is None else argv)])
+        stamp = f"Measured {datetime.date.today()} with TensorFlow {tf.__version__}: `{command}`."
+        if args.update:
+            stamp += " Rows of models not named there come from the run before it (the same command without them)."
         text = open(args.docs).read()
         start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
         block = "\n".join([table, "", *errors, "" if errors else "", stamp])

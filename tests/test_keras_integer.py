@@ -53,6 +53,20 @@ def dense_block(seed=0):
     return keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
 
 
+def squeeze_excite(seed=0):
+    """EfficientNet's pattern: swish activations (LOGISTIC and MUL in TFLite), a squeeze-and-excite branch
+    with a sigmoid gate multiplied into the features, and a residual Add."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="swish")(inp)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    se = keras.layers.Conv2D(4, 1, activation="swish")(se)
+    se = keras.layers.Conv2D(8, 1, activation="sigmoid")(se)
+    y = keras.layers.Multiply()([x, se])
+    x = keras.layers.Add()([x, keras.layers.Conv2D(8, 1)(y)])
+    return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
 def batches(n, seed, shape=(12, 12, 3)):
     rng = np.random.default_rng(seed)
     return [rng.uniform(-1, 1, (8, *shape)).astype(np.float32) for _ in range(n)]
@@ -95,6 +109,17 @@ def test_simulated_model_predicts_in_graph_mode_with_the_eager_numbers(simulated
     model, _ = simulated
     x = on_input_grid(model, batches(1, 9)[0])
     assert np.array_equal(model.predict(x, verbose=0), model(x).numpy())
+
+
+@pytest.mark.parametrize("method", ["pot", "symmetric"])
+def test_swish_sigmoid_and_multiply_give_the_interpreters_numbers(method):
+    model = quantize_model(squeeze_excite(), weights_method=method, activation_method="uniform",
+                           representative_data=batches(2, 1), integer_simulation="xnnpack", verbose=0)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"IntegerActivation", "IntegerMultiply", "IntegerAdd"} <= kinds
+    x = on_input_grid(model, np.concatenate(batches(4, 8)))
+    lite, _, _ = run_tflite(to_tflite(model), x)
+    assert np.array_equal(lite, model(x).numpy().astype(np.float32))
 
 
 def test_every_covered_layer_is_simulated(simulated):

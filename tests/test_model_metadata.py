@@ -82,10 +82,13 @@ def test_bad_metadata_is_refused(qmodel, bad, error, match):
     assert get_metadata(qmodel) == META  # unchanged
 
 
-def test_a_model_without_iqcore_layers_cannot_carry_metadata():
+def test_a_model_without_iqcore_layers_gets_an_identity_layer_carrying_its_metadata():
     inp = tf.keras.Input((2,))
-    with pytest.raises(ValueError, match="no iqcore layer"):
-        add_metadata(tf.keras.Model(inp, tf.keras.layers.Dense(1)(inp)), {"a": 1})
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(1)(inp))
+    carrying = add_metadata(model, {"a": 1})
+    x = np.ones((3, 2), np.float32)
+    assert get_metadata(carrying) == {"a": 1} and get_metadata(model) == {}
+    assert np.array_equal(carrying(x).numpy(), model(x).numpy())
 
 
 def _entry(config):

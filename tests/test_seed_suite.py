@@ -419,9 +419,6 @@ def test_holder_reloads_with_identical_outputs_and_quantizer(method, ext, tmp_pa
     np.testing.assert_array_equal(loaded(x).numpy(), y)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="iqcore's add_metadata refuses a model without an iqcore layer (it stores the metadata in "
-                          "the first iqcore layer's config); the seed's test adds metadata to `Input + 5`")
 @pytest.mark.parametrize("ext", ["h5", "keras"])
 def test_metadata_of_a_model_without_quantized_layers_survives_saving(ext, tmp_path):
     inp = keras.Input((8,))

@@ -36,9 +36,11 @@ from iqcore import _registry as registry
 from iqcore.keras import _seed_models
 from iqcore.keras._compare import LayerAgreement, compare
 from iqcore.keras._integer import (
+    IntegerActivation,
     IntegerAdd,
     IntegerAveragePooling2D,
     IntegerConcatenate,
+    IntegerMultiply,
     IntegerSimulation,
 )
 from iqcore.keras._layers import (
@@ -47,7 +49,7 @@ from iqcore.keras._layers import (
     QuantizationWrapper,
     find_weight,
 )
-from iqcore.keras._metadata import add_metadata, add_tflite_metadata, get_metadata, tflite_metadata
+from iqcore.keras._metadata import ModelMetadata, add_metadata, add_tflite_metadata, get_metadata, tflite_metadata
 from iqcore.keras._quantize import calibrate_activation, calibrate_weights, quantize_model, split_activations
 from iqcore.keras._seed_models import load_seed_model, narrow_weights
 from iqcore.keras._tf_ops import TFOperation
@@ -58,11 +60,14 @@ keras = tf.keras
 __all__ = [
     "KERAS_3",
     "ActivationQuantizationHolder",
+    "IntegerActivation",
     "IntegerAdd",
     "IntegerAveragePooling2D",
     "IntegerConcatenate",
+    "IntegerMultiply",
     "IntegerSimulation",
     "LayerAgreement",
+    "ModelMetadata",
     "QuantizationWrapper",
     "TFOperation",
     "add_metadata",

@@ -354,3 +354,124 @@ class IntegerAveragePooling2D(layers.AveragePooling2D):  # type: ignore[name-def
         from iqcore.keras._layers import serialize_quantizer
 
         return {**super().get_config(), "grid": serialize_quantizer(self.grid)}
+
+
+#: The int8 LOGISTIC op's output grid: step 1/256 from 0 (zero point -128).
+LOGISTIC_SCALE, LOGISTIC_ZERO_POINT = 1.0 / 256.0, -128
+
+
+def _logistic_codes(x):
+    """TFLite's int8 LOGISTIC: ``round(sigmoid(x) * 256) - 128`` (its table, computed in float32, half steps
+    away from zero), clamped to int8."""
+    sig = tf.math.sigmoid(tf.cast(x, tf.float32))
+    return tf.clip_by_value(tf.cast(tf.floor(sig / np.float32(LOGISTIC_SCALE) + 0.5), tf.int64) + LOGISTIC_ZERO_POINT,
+                            -128, 127)
+
+
+def _multiply_codes(a, b, s_a, s_b, target: InferableQuantizer):
+    """XNNPACK's int8 multiplication of zero-point-free codes: ``float32(a * b) * float32(s_a * s_b / s_y)``,
+    rounded half to even, plus the output zero point, clamped."""
+    p = target.quantization_params()
+    scale = np.float32(np.float32(np.float32(s_a) * np.float32(s_b)) / np.float32(p.scale))
+    y = tf.round(tf.cast(a * b, tf.float32) * scale)
+    return tf.clip_by_value(tf.cast(y, tf.int64) + int(p.zero_point), int(p.qmin), int(p.qmax))
+
+
+#: Activations :class:`IntegerActivation` computes as TFLite's int8 kernels do.
+INTEGER_ACTIVATIONS = ("sigmoid", "swish", "silu")
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerActivation(layers.Activation):  # type: ignore[name-defined]
+    """A sigmoid or swish computed as TFLite's int8 kernels do, from its input holder's grid onto its own
+    holder's: ``sigmoid`` is the int8 LOGISTIC op (output step 1/256), ``swish``/``silu`` that LOGISTIC followed
+    by the int8 MUL of the input by it (:func:`_multiply_codes`), which is how the converter writes swish.
+
+    Args:
+        activation: ``"sigmoid"``, ``"swish"`` or ``"silu"``.
+        source: The per-tensor activation quantizer of the input's grid.
+        output: The activation quantizer of the holder after it.
+        **kwargs: Keras layer arguments.
+    """
+
+    def __init__(self, activation, source, output, **kwargs):
+        from iqcore.keras._layers import deserialize_quantizer
+
+        if activation not in INTEGER_ACTIVATIONS:
+            raise ValueError(f"activation is {activation!r}; allowed: {list(INTEGER_ACTIVATIONS)}")
+        super().__init__(activation, **kwargs)
+        self.source = deserialize_quantizer(source, f"{self.name}: source", "activation")
+        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
+        IntegerSimulation(self.source, self.output_quantizer)  # per-tensor activation grids only
+        self.kind = activation
+        self._deploy = False  # True within iqcore.keras.deployment_form: a plain Activation
+
+    def call(self, inputs):
+        if self._deploy:
+            return super().call(inputs)
+        p = self.source.quantization_params()
+        x = tf.cast(inputs, tf.float32)
+        sig = _logistic_codes(x)
+        if self.kind == "sigmoid":  # on another grid than LOGISTIC's, the converter adds a QUANTIZE
+            q = self.output_quantizer.quantization_params()
+            if (np.float32(q.scale), int(q.zero_point)) != (np.float32(LOGISTIC_SCALE), LOGISTIC_ZERO_POINT):
+                sig = convert_codes(sig, _fixed_logistic_grid(), self.output_quantizer)
+            return from_codes(sig, self.output_quantizer, inputs.dtype)
+        codes = tf.cast(tf.round(x / np.float32(p.scale)), tf.int64)  # x_code - x_zero_point
+        code = _multiply_codes(codes, sig - LOGISTIC_ZERO_POINT, p.scale, LOGISTIC_SCALE, self.output_quantizer)
+        return from_codes(code, self.output_quantizer, inputs.dtype)
+
+    def get_config(self):
+        from iqcore.keras._layers import serialize_quantizer
+
+        config = super().get_config()
+        config.update(activation=self.kind, source=serialize_quantizer(self.source),
+                      output=serialize_quantizer(self.output_quantizer))
+        return config
+
+
+def _fixed_logistic_grid() -> InferableQuantizer:
+    from iqcore import _registry as registry
+
+    return registry.get_quantizer("uniform", "activation", num_bits=8, min_range=[0.0], max_range=[1.0 - 1 / 256])
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerMultiply(layers.Multiply):  # type: ignore[name-defined]
+    """A ``Multiply`` of two inputs computed as XNNPACK's int8 multiplication (:func:`_multiply_codes`).
+
+    Args:
+        inputs: The two per-tensor activation quantizers whose grids the operands are on.
+        output: The activation quantizer of the holder after it.
+        **kwargs: Keras layer arguments.
+    """
+
+    def __init__(self, inputs, output, **kwargs):
+        from iqcore.keras._layers import deserialize_quantizer
+
+        super().__init__(**kwargs)
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(f"{self.name}: inputs must be two activation quantizers; got {inputs!r:.120}")
+        self.sources = [deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation")
+                        for i, q in enumerate(inputs)]
+        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
+        for q in self.sources:
+            IntegerSimulation(q, self.output_quantizer)
+        self._deploy = False  # True within iqcore.keras.deployment_form: a plain Multiply
+
+    def _merge_function(self, inputs):
+        if self._deploy:
+            return super()._merge_function(inputs)
+        if len(inputs) != 2:
+            raise ValueError(f"{self.name}: IntegerMultiply multiplies two inputs; got {len(inputs)}")
+        codes = [to_codes(x, q) - int(q.quantization_params().zero_point) for x, q in zip(inputs, self.sources,
+                                                                                         strict=True)]
+        scales = [q.quantization_params().scale for q in self.sources]
+        code = _multiply_codes(codes[0], codes[1], scales[0], scales[1], self.output_quantizer)
+        return from_codes(code, self.output_quantizer, inputs[0].dtype)
+
+    def get_config(self):
+        from iqcore.keras._layers import serialize_quantizer
+
+        return {**super().get_config(), "inputs": [serialize_quantizer(q) for q in self.sources],
+                "output": serialize_quantizer(self.output_quantizer)}

@@ -6,7 +6,8 @@
     get_metadata(iqcore.load_model("m.keras"))        # the same dict, in a fresh process too
 
 The dict rides in the saved config of the model's first iqcore layer (a :class:`QuantizationWrapper` or an
-:class:`ActivationQuantizationHolder`) under the key ``iqcore_model_metadata``, with the SHA-256 of its canonical
+:class:`ActivationQuantizationHolder`; a model with none gets a :class:`ModelMetadata` identity layer after its
+first output) under the key ``iqcore_model_metadata``, with the SHA-256 of its canonical
 JSON: the model's graph is untouched, Keras 2 and Keras 3 save and load it as any layer config, and an entry
 edited by hand (the digest no longer matches), one that is not JSON data, or one larger than
 :data:`MAX_METADATA_BYTES` is refused with a ``ValueError``. :func:`add_tflite_metadata` writes the dict into a
@@ -119,24 +120,61 @@ def _iqcore_layers(model) -> list:
     from iqcore.keras._tflite import flatten_layers
 
     return [layer for layer in flatten_layers(model)
-            if isinstance(layer, (QuantizationWrapper, ActivationQuantizationHolder))]
+            if isinstance(layer, (QuantizationWrapper, ActivationQuantizationHolder, ModelMetadata))]
+
+
+def _model_metadata_class():
+    import tensorflow as tf
+
+    keras = tf.keras
+
+    @keras.utils.register_keras_serializable(package="iqcore")
+    class ModelMetadata(keras.layers.Layer):  # type: ignore[name-defined]
+        """An identity layer that carries the metadata of a model with no iqcore layer (:func:`add_metadata`
+        puts one after the model's first output)."""
+
+        def __init__(self, **kwargs):
+            stored = kwargs.pop(METADATA_KEY, None)
+            super().__init__(**kwargs)
+            if stored is not None:
+                attach(self, stored, where=f"{self.name}: {METADATA_KEY}")
+
+        def call(self, inputs):
+            return inputs
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), **config_entry(self)}
+
+    return ModelMetadata
+
+
+ModelMetadata = _model_metadata_class()
 
 
 def add_metadata(model, metadata: dict[str, Any]):
-    """Attach ``metadata`` (JSON data, at most 1 MiB) to a quantized model, replacing any it had; returns the
-    model (the same object), as the seed's ``add_metadata`` does.
+    """Attach ``metadata`` (JSON data, at most 1 MiB) to a model, replacing any it had; returns the model: the
+    same object, as the seed's ``add_metadata`` does, when it has an iqcore layer to carry the metadata, else a
+    new model with the same layers and a :class:`ModelMetadata` identity layer after its first output.
 
     Raises:
         TypeError, ValueError: For metadata that is not JSON data or is too large (see :func:`check_metadata`),
-            or a model with no iqcore layer to carry it.
+            or a model with neither an iqcore layer nor known inputs and outputs.
     """
     data = check_metadata(metadata)
     layers = _iqcore_layers(model)
     if not layers:
-        raise ValueError(
-            f"model {getattr(model, 'name', model)!r} has no iqcore layer (QuantizationWrapper or "
-            "ActivationQuantizationHolder) to carry the metadata; allowed: a quantized model"
-        )
+        import tensorflow as tf
+
+        outputs = list(getattr(model, "outputs", None) or [])
+        if not outputs or not getattr(model, "inputs", None):
+            raise ValueError(f"model {getattr(model, 'name', model)!r} has no iqcore layer and no known outputs to "
+                             "put a ModelMetadata layer after; allowed: a quantized or a built functional model")
+        outputs[0] = ModelMetadata(name=f"{model.name}_metadata")(outputs[0])
+        model = tf.keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
+        layers = _iqcore_layers(model)
     for layer in layers:
         if hasattr(layer, _ATTR):
             delattr(layer, _ATTR)

@@ -23,10 +23,13 @@ from iqcore.keras._graph import (
     rebuild,
 )
 from iqcore.keras._integer import (
+    INTEGER_ACTIVATIONS,
     RUNTIMES,
+    IntegerActivation,
     IntegerAdd,
     IntegerAveragePooling2D,
     IntegerConcatenate,
+    IntegerMultiply,
     IntegerSimulation,
     is_simulated,
     requantize,
@@ -517,6 +520,14 @@ def _integer_merges(model, plan_a) -> dict:
     merges: dict = {}
     for layer in model.layers:
         feeding = producers.get(layer.name, [])
+        if type(layer) is layers.Activation and len(feeding) == 1 and \
+                _activation_name(layer.activation) in INTEGER_ACTIVATIONS:
+            source = _holder_at(feeding[0], producers, by_name, plan_a)
+            output, _ = _output_holder(layer, consumers, by_name, plan_a)
+            if source is not None and output is not None:
+                merges[layer.name] = IntegerActivation(_activation_name(layer.activation), source, output,
+                                                       name=layer.name)
+            continue
         if type(layer) is layers.AveragePooling2D and len(feeding) == 1:
             source = _holder_at(feeding[0], producers, by_name, plan_a)
             if source is not None and plan_a.get(layer.name) is source:
@@ -525,7 +536,7 @@ def _integer_merges(model, plan_a) -> dict:
                                                              strides=config["strides"], padding=config["padding"],
                                                              name=layer.name)
             continue
-        if type(layer) not in (layers.Add, layers.Concatenate) or len(feeding) < 2:
+        if type(layer) not in (layers.Add, layers.Concatenate, layers.Multiply) or len(feeding) < 2:
             continue
         sources = [_holder_at(p, producers, by_name, plan_a) for p in feeding]
         output, activation = _output_holder(layer, consumers, by_name, plan_a)
@@ -534,6 +545,8 @@ def _integer_merges(model, plan_a) -> dict:
         try:
             if type(layer) is layers.Add and len(feeding) == 2:
                 merges[layer.name] = IntegerAdd(sources, output, activation, name=layer.name)
+            elif type(layer) is layers.Multiply and len(feeding) == 2 and activation == "linear":
+                merges[layer.name] = IntegerMultiply(sources, output, name=layer.name)
             elif type(layer) is layers.Concatenate and activation == "linear":
                 merges[layer.name] = IntegerConcatenate(sources, output, axis=layer.get_config()["axis"],
                                                         name=layer.name)
