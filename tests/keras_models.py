@@ -73,6 +73,25 @@ def run_python(code: str, env=None, timeout=240) -> subprocess.CompletedProcess:
                           env=full_env, timeout=timeout, cwd=REPO)
 
 
+def fresh_process_mismatches(model, x, folder) -> int:
+    """Save ``model`` as ``.keras`` in ``folder``, reload it in a fresh process with ``iqcore.load_model(...,
+    safe_mode=True)`` and return how many of its outputs on ``x`` differ in bits from ``model``'s."""
+    path, x_path, y_path = (os.path.join(folder, name) for name in ("m.keras", "x.npy", "y.npy"))
+    model.save(path)
+    np.save(x_path, x)
+    np.save(y_path, np.asarray(model(x)))
+    proc = run_python(f"""
+        import numpy as np, iqcore
+        model = iqcore.load_model({path!r}, safe_mode=True)
+        y, expected = np.asarray(model(np.load({x_path!r}))), np.load({y_path!r})
+        print("MISMATCHES", int(np.count_nonzero(y.view(np.uint32) != expected.view(np.uint32))))
+    """)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("MISMATCHES ")]
+    if not lines:
+        raise RuntimeError(f"the fresh process failed: {proc.stderr[-3000:]}")
+    return int(lines[-1].split()[1])
+
+
 def tampered(src, dst, edit):
     """Copy the .keras file ``src`` to ``dst`` with ``edit(config)`` applied to its config.json.
 

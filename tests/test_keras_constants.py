@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras_models import run_python
+from keras_models import fresh_process_mismatches
 
 import iqcore
 from iqcore.keras import (
@@ -205,17 +205,7 @@ def test_model_with_constant_operands_reloads_in_a_fresh_process(tmp_path, build
     else:
         model, data = quantized_constants_model()
         x = data[0]
-    model.save(tmp_path / "m.keras")
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", model(x).numpy())
-    proc = run_python(f"""
-        import numpy as np, iqcore
-        model = iqcore.load_model({str(tmp_path / "m.keras")!r}, safe_mode=True)
-        y = model(np.load({str(tmp_path / "x.npy")!r})).numpy()
-        expected = np.load({str(tmp_path / "y.npy")!r})
-        print("MISMATCHES", int(np.count_nonzero(y.view(np.uint32) != expected.view(np.uint32))))
-    """)
-    assert "MISMATCHES 0" in proc.stdout, proc.stderr[-3000:]
+    assert fresh_process_mismatches(model, x, tmp_path) == 0
 
 
 def holders_model():

@@ -30,6 +30,7 @@ import zipfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_models import tampered
 
 import iqcore
 from iqcore import keras_inferable_quantizers as K
@@ -434,19 +435,6 @@ def test_metadata_of_a_model_without_quantized_layers_survives_saving(ext, tmp_p
 # -- safe_mode ---------------------------------------------------------------------------------------------
 
 
-def edited(src, dst, edit):
-    """Copy the .keras zip ``src`` to ``dst`` with ``edit`` applied to the parsed config.json."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            zout.writestr(item, data)
-    return dst
-
-
 def layer_entry(config, class_name):
     return next(entry for entry in config["config"]["layers"] if entry["class_name"] == class_name)
 
@@ -490,7 +478,7 @@ def test_keras_file_naming_an_unregistered_class_is_refused_under_safe_mode(save
     def edit(config):
         layer_entry(config, "QuantizationWrapper").update(module=module, class_name=class_name, registered_name=None)
 
-    path = edited(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
+    path = tampered(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
     with pytest.raises(TypeError, match=f"'{class_name}'"):  # Keras 3: "Could not locate class", Keras 2: iqcore's
         iqcore.load_model(path, safe_mode=True)
 
@@ -502,7 +490,7 @@ def test_wrapper_whose_inner_layer_names_an_unregistered_class_is_refused_under_
         layer_entry(config, "QuantizationWrapper")["config"]["layer"].update(module=module, class_name=class_name,
                                                                              registered_name=None)
 
-    path = edited(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
+    path = tampered(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
     with pytest.raises(TypeError, match=f"'{class_name}'"):  # Keras 3: "Could not locate class", Keras 2: iqcore's
         iqcore.load_model(path, safe_mode=True)
 
@@ -514,6 +502,6 @@ def test_wrapper_whose_inner_layer_is_replaced_by_a_lambda_is_refused_under_safe
     def edit(config):
         layer_entry(config, "QuantizationWrapper")["config"]["layer"] = lambda_entry
 
-    path = edited(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
+    path = tampered(saved_files / "wrapped.keras", tmp_path / "edited.keras", edit)
     with pytest.raises(ValueError, match=LAMBDA_REFUSED):
         iqcore.load_model(path, safe_mode=True)
