@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from iqcore._quantizer import InferableQuantizer
 from iqcore.keras._export import is_transposed_conv, transposed_conv_problem
-from iqcore.keras._layers import ActivationQuantizationHolder, QuantizationWrapper, export_form
+from iqcore.keras._layers import KERAS_3, ActivationQuantizationHolder, QuantizationWrapper, export_form
 from iqcore.keras._metadata import add_tflite_metadata, get_metadata
 
 
@@ -132,6 +132,10 @@ def to_tflite(model, *, int8_io: bool = True, check: bool = True, allow_float: b
                 f"weights_quantizers={{{w.layer.name!r}: {{}}}}) and to_tflite(..., allow_float=True)), or the "
                 f"layers {', '.join(TFLITE_LAYERS)}"
             )
+        if kind == "Conv1DTranspose" and not KERAS_3:
+            raise ValueError(f"{w.name}: a wrapped Conv1DTranspose cannot be exported to int8 TFLite on Keras 2: the "
+                             "converter keeps Keras 2's conv1d_transpose filter in float; allowed: Keras 3, or leave "
+                             f"{w.layer.name!r} in float with to_tflite(..., allow_float=True)")
         if is_transposed_conv(w.layer):
             problem = transposed_conv_problem(w.layer, w.weights_quantizers)
             if problem:
