@@ -1,19 +1,25 @@
-"""Integer-exact simulation of a quantized convolution or Dense layer as TFLite's XNNPACK delegate runs it.
+"""Integer-exact simulation of a quantized model as TFLite's int8 interpreter runs it (XNNPACK, its default CPU
+delegate, and TFLite's own average pool).
 
-A wrapped ``Conv2D``, ``DepthwiseConv2D``, ``Conv1D`` or ``Dense`` normally computes in float32 on grid values,
-and the holder after it rounds the result half up, as TensorFlow's fake-quant op does. The int8 interpreter
-instead accumulates integer codes exactly and requantizes once; where a value falls on (or within float32
-rounding of) a half step, the two round it differently, and a one-step difference in one layer grows layer
-after layer in a deep network. With :class:`IntegerSimulation` attached, the wrapper computes what XNNPACK
-computes (its ``fp32`` requantization, the one it uses on x86 and ARM):
+By default a quantized model computes in float32 on grid values and each holder rounds half steps up, as
+TensorFlow's fake-quant op does. The interpreter accumulates integer codes exactly and requantizes with its
+own rules; where a value falls on (or within float32 rounding of) a half step, the two round it differently,
+and a one-step difference in one layer grows layer after layer in a deep network. With
+``quantize_model(..., integer_simulation="xnnpack")`` the layers between holders compute what the interpreter
+computes, so the holders after them reproduce its codes:
 
-    acc  = sum((x_code - x_zero_point) * w_code) + round(bias / (s_x * s_w))      (exact, in float64)
-    m    = float32(float32(s_x * s_w) / s_y)                                        (per output channel)
-    code = clamp(round_half_even(float32(acc) * m), activation and int8 bounds) + y_zero_point
-    y    = (code - y_zero_point) * s_y
+* a wrapped Conv1D/Conv2D/DepthwiseConv2D/Dense with an :class:`IntegerSimulation` (:func:`simulate`)::
 
-so that the holder after it reproduces the interpreter's codes. The layer's input must be on the input
-holder's grid (it is, in a model from :func:`iqcore.keras.quantize_model`).
+      acc  = sum((x_code - x_zero_point) * w_code) + round(bias / (s_x * s_w))      (exact, in float64)
+      code = clamp(round_half_even(float32(acc) * float32(float32(s_x * s_w) / s_y)), ReLU, int8) + y_zero_point
+
+* :class:`IntegerAdd` (21-bit fixed-point multipliers, an arithmetic shift), :class:`IntegerMultiply`,
+  :class:`IntegerConcatenate` and a holder with a ``source`` grid (the int8 QUANTIZE op, :func:`requantize`),
+  :class:`IntegerAveragePooling2D` (integer division of the window's code sum), :class:`IntegerActivation`
+  (LOGISTIC's table, swish as LOGISTIC then MUL).
+
+Inside :func:`iqcore.keras.deployment_form` every one of them computes its float form, which the exporters
+convert.
 """
 
 from __future__ import annotations
