@@ -5,7 +5,15 @@ import pytest
 import tensorflow as tf
 from keras_models import batches, cnn, symmetric, uniform_activation
 
-from iqcore.keras import ActivationQuantizationHolder, QuantizationWrapper, calibrate_weights, quantize_model
+from iqcore.keras import (
+    KERAS_3,
+    ActivationQuantizationHolder,
+    QuantizationWrapper,
+    calibrate_weights,
+    quantize_model,
+    run_tflite,
+    to_tflite,
+)
 
 keras = tf.keras
 DATA = batches((16, 16, 3))
@@ -254,3 +262,26 @@ def test_a_concatenation_input_that_feeds_nothing_else_takes_the_concatenations_
     cat = quantized.get_layer("cat_activation").quantizer
     assert quantized.get_layer("c3_activation").quantizer == cat
     assert quantized.get_layer("add_activation").quantizer != cat  # it also feeds c3: its own grid
+
+
+@pytest.mark.skipif(not KERAS_3, reason="keras.ops operations on tensors are Functional nodes on Keras 3 only")
+def test_keras_ops_on_tensors_get_holders_so_the_int8_file_has_no_float_section():
+    """MobileNetV3's hard-sigmoid: ``relu6(x + 3) / 6`` written with keras.ops on a tensor (Operation nodes,
+    not layers). Each gets a holder where TFLite requantizes (the ReLU6 fused into the ADD), so the file is int8
+    throughout and within one step of the Keras model."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    gate = keras.ops.multiply(keras.layers.ReLU(6.0)(keras.ops.add(x, 3.0)), 1.0 / 6.0)
+    model = keras.Model(inp, keras.layers.Multiply()([x, gate]))
+    data = batches((6, 6, 3), n=2, seed=3)
+    q = quantize_model(model, weights_method="symmetric", activation_method="uniform", representative_data=data,
+                       verbose=0)
+    operations = [op.name for op in model.operations if not isinstance(op, keras.layers.Layer)]
+    holders = {layer.name for layer in q.layers if isinstance(layer, ActivationQuantizationHolder)}
+    add, multiply = operations
+    assert f"{multiply}_activation" in holders and f"{add}_activation" not in holders  # ReLU6 fused into ADD
+    flatbuffer = to_tflite(q)  # refuses float sections
+    x = np.concatenate(batches((6, 6, 3), n=2, seed=4))
+    lite, step, _ = run_tflite(flatbuffer, q.layers[1](x).numpy())
+    assert np.abs(lite - q(q.layers[1](x).numpy()).numpy()).max() <= step * (1 + 1e-3)

@@ -19,11 +19,21 @@ def input_names(model) -> list[str]:
     return [t._keras_history[0].name for t in model.inputs]
 
 
+def nodes(model) -> list:
+    """The model's layers and, on Keras 3, the ``keras.ops`` operations of its graph (``x + 3`` on a tensor),
+    which are nodes of a Functional model without being layers."""
+    if not KERAS_3:
+        return list(model.layers)
+    return list(model.layers) + [op for op in getattr(model, "operations", [])
+                                 if not isinstance(op, keras.layers.Layer)]
+
+
 def graph(model):
-    """``(producers, consumers)``: layer name -> names of the layers feeding it / fed by it."""
+    """``(producers, consumers)``: node name -> names of the nodes (layers and operations) feeding it / fed by
+    it."""
     producers: dict[str, list[str]] = {}
     consumers: dict[str, list[str]] = {}
-    for layer in model.layers:
+    for layer in nodes(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         try:

@@ -19,6 +19,7 @@ from iqcore.keras._graph import (
     copy_weights,
     graph,
     input_names,
+    nodes,
     operation_names,
     rebuild,
 )
@@ -56,9 +57,15 @@ PASS_THROUGH = (
     layers.ZeroPadding3D, ActivationQuantizationHolder,
 )
 
+#: ``keras.ops`` operations (nodes of a Keras 3 Functional model) whose outputs stay on their input's grid.
+PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "ExpandDims", "Squeeze", "MaxPool"})
+
 #: Layers whose ReLU consumer the converter fuses into them (no int8 rounding between the two).
 RELU_FUSING = (layers.Conv1D, layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, layers.Add, layers.Subtract,
                layers.Multiply)
+
+#: ``keras.ops`` operations whose ReLU consumer the converter fuses into them.
+RELU_FUSING_OPS = frozenset({"Add", "Subtract", "Multiply"})
 
 #: Average pooling keeps its input's grid in int8 TFLite when the output has the input's scale: its holder
 #: takes the upstream holder's quantizer, so the interpreter rounds the average once, as Keras does. Global
@@ -162,9 +169,18 @@ def _relu_max(layer) -> float | None:
     return 6.0 if _activation_name(layer.activation) == "relu6" else None
 
 
+def _keeps_grid(node) -> bool:
+    """Whether ``node``'s output stays on its input's grid (no holder after it)."""
+    if isinstance(node, keras.layers.Layer):
+        return isinstance(node, PASS_THROUGH)
+    return type(node).__name__ in PASS_THROUGH_OPS
+
+
 def _relu_fused(layer, consumer_names, by_name) -> bool:
     """Whether TFLite fuses the ReLU that alone consumes ``layer``'s output into it (then no holder between)."""
-    return isinstance(layer, RELU_FUSING) and len(consumer_names) == 1 and _is_relu(by_name[consumer_names[0]])
+    fusing = isinstance(layer, RELU_FUSING) or (not isinstance(layer, keras.layers.Layer)
+                                                and type(layer).__name__ in RELU_FUSING_OPS)
+    return fusing and len(consumer_names) == 1 and _is_relu(by_name[consumer_names[0]])
 
 
 def _fixed_range(layer) -> tuple[float, float] | None:
@@ -184,7 +200,7 @@ def _upstream_holder(name, producers, by_name, plan_a):
         name = feeding[0]
         if name in plan_a:
             return plan_a[name]
-        if not isinstance(by_name.get(name), PASS_THROUGH):
+        if not _keeps_grid(by_name.get(name)):
             return None
     return None
 
@@ -273,7 +289,7 @@ def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples
              ) -> tuple[dict[str, _Observed], dict[str, _Observed]]:
     """One pass over ``data``: statistics of the named layers' outputs (a model input's name for that input)
     and of the inputs of the layers in ``inputs_of`` (with per-channel means, for bias correction)."""
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     names = input_names(model)
 
     def tensor(n):
@@ -304,9 +320,9 @@ def _holder_targets(model, plan_a, quantize_inputs: bool) -> list[str]:
     """The layers (and model inputs) whose output gets a calibrated holder: every layer whose int8 TFLite op
     requantizes its output, unless a fused ReLU follows it."""
     _, consumers = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
-    targets = [layer.name for layer in model.layers
-               if layer.name not in plan_a and not isinstance(layer, PASS_THROUGH)
+    by_name = {layer.name: layer for layer in nodes(model)}
+    targets = [layer.name for layer in nodes(model)
+               if layer.name not in plan_a and not _keeps_grid(layer)
                and not _relu_fused(layer, consumers.get(layer.name, []), by_name)]
     if quantize_inputs:
         targets = [n for n in input_names(model) if n not in plan_a] + targets
@@ -322,21 +338,21 @@ def _share_concat_grids(model, plan_a) -> None:
     where that chain starts, so that every consumer of it reads the concatenation's grid: a holder with the
     concatenation's quantizer follows it."""
     producers, consumers = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     for layer in model.layers:
         if not isinstance(layer, layers.Concatenate) or layer.name not in plan_a:
             continue
         for p in producers.get(layer.name, []):
             if p in plan_a and consumers.get(p) == [layer.name] and p not in input_names(model):
                 plan_a[p] = plan_a[layer.name]
-            elif p not in plan_a and isinstance(by_name.get(p), PASS_THROUGH) and \
+            elif p not in plan_a and _keeps_grid(by_name.get(p)) and \
                     _upstream_holder(p, producers, by_name, plan_a) is not None:
                 plan_a[p] = plan_a[layer.name]
 
 
 def _plan_activations(model, targets, observed, plan_a, method, settings) -> None:
     producers, _ = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     cls = registry.get_class(method, "activation")
     for n in targets:
         layer = by_name.get(n)
@@ -389,7 +405,7 @@ def _bias_shift(spec, kernel: np.ndarray, quantized: np.ndarray, input_mean: np.
 def _correct_biases(model, new, plan_w, input_stats) -> int:
     """Subtract each wrapped layer's mean output shift from its bias; returns the layers corrected."""
     corrected = 0
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     for wrapper in (layer for layer in new.layers if isinstance(layer, QuantizationWrapper)):
         original = by_name.get(wrapper.layer.name)
         info = registry.layer_info(original) if original is not None else None
@@ -422,7 +438,7 @@ def _snap_biases(model, new, plan_a) -> int:
     times each output channel's weight scale), so that Keras adds the bias the interpreter adds. Layers whose
     input grid is unknown (no holder upstream) keep theirs. Returns the number of layers snapped."""
     producers, _ = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     snapped = 0
     for wrapper in (layer for layer in new.layers if isinstance(layer, QuantizationWrapper)):
         inner = wrapper.layer
@@ -475,7 +491,7 @@ def _integer_plan(model, plan_w, plan_a, runtime) -> dict[str, IntegerSimulation
     if runtime not in RUNTIMES:
         raise ValueError(f"integer_simulation is {runtime!r}; allowed: None or one of {list(RUNTIMES)}")
     producers, consumers = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     plan = {}
     for name, quantizers in plan_w.items():
         layer = by_name[name]
@@ -495,7 +511,7 @@ def _holder_at(name, producers, by_name, plan_a):
     """The holder quantizer of the tensor ``name`` outputs (its own, or through pass-through layers), or None."""
     if name in plan_a:
         return plan_a[name]
-    if isinstance(by_name.get(name), PASS_THROUGH):
+    if _keeps_grid(by_name.get(name)):
         return _upstream_holder(name, producers, by_name, plan_a)
     return None
 
@@ -516,7 +532,7 @@ def _integer_merges(model, plan_a) -> dict:
     """``{name: IntegerAdd, IntegerConcatenate or IntegerAveragePooling2D}`` for each two-input ``Add``, each
     ``Concatenate`` and each ``AveragePooling2D`` between holders, where the interpreter's kernels take them."""
     producers, consumers = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     merges: dict = {}
     for layer in model.layers:
         feeding = producers.get(layer.name, [])
@@ -559,10 +575,10 @@ def _requantized_holders(model, plan_a) -> dict:
     """``{layer name: source grid}`` for the holders after layers that keep their input's grid (padding, max
     pooling) but hold another one: TFLite requantizes there with an int8 QUANTIZE op."""
     producers, _ = graph(model)
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in nodes(model)}
     sources = {}
     for name, q in plan_a.items():
-        if not isinstance(by_name.get(name), PASS_THROUGH):
+        if not _keeps_grid(by_name.get(name)):
             continue
         source = _upstream_holder(name, producers, by_name, plan_a)
         if source is not None and source is not q:
@@ -616,7 +632,8 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
       and whatever plugins add through the ``register_layers`` hook, subclasses included) gets a
       ``weights_method`` quantizer (narrow range, per output channel unless ``per_channel=False``);
     * activations: an :class:`ActivationQuantizationHolder` after each model input (``quantize_inputs``) and
-      after every layer whose int8 TFLite op requantizes its output (not after reshapes, max pooling,
+      after every layer (or, on Keras 3, ``keras.ops`` operation on tensors, such as ``x + 3``) whose int8
+      TFLite op requantizes its output (not after reshapes, max pooling,
       dropout, nor between an op and the ReLU TFLite fuses into it), calibrated on the float model's outputs
       over ``representative_data`` in one pass;
     * ``bias_correction``: each quantized layer's bias absorbs the mean output shift its quantized weights
