@@ -87,6 +87,12 @@ def test_set_weights_requantizes_the_constant():
     assert same_bits(wrapper.get_weights()[0], pot()(new))
 
 
+def test_set_weights_before_the_build_is_refused_naming_the_wrapper():
+    wrapper = QuantizationWrapper(subtract_layer(), {0: pot()}, {0: np.zeros(4, np.float32)}, name="sub")
+    with pytest.raises(ValueError, match="sub: set_weights before the wrapper is built"):
+        wrapper.set_weights([np.ones(4, np.float32)])
+
+
 def test_per_channel_constant_quantizer_must_fit_the_constant():
     q = iqcore.get_quantizer("pot", "weights", num_bits=8, threshold=[1.0] * 5, per_channel=True, channel_axis=-1,
                              input_rank=1)

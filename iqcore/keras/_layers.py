@@ -315,6 +315,9 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         if not self._constants:
             self.layer.set_weights(weights)
         else:
+            if not hasattr(self, "_variables_by_name"):
+                raise ValueError(f"{self.name}: set_weights before the wrapper is built; allowed: call it once (or "
+                                 "build it) first, or pass the constants as weight_values")
             weights = list(weights)
             own = len(self.layer.weights) if isinstance(self.layer, keras.layers.Layer) else 0
             expected = own + len(self._constants)
