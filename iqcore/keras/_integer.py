@@ -50,6 +50,40 @@ def is_simulated(layer) -> bool:
     return isinstance(layer, SIMULATED) and not isinstance(layer, _TRANSPOSED)
 
 
+def check_grid(q, where: str) -> InferableQuantizer:
+    """``q`` (a quantizer or its stored form) as a per-tensor activation quantizer, or a TypeError naming
+    ``where``."""
+    from iqcore.keras._layers import deserialize_quantizer
+
+    if not isinstance(q, InferableQuantizer):
+        q = deserialize_quantizer(q, where, "activation")
+    if q.target != "activation" or q.grid.axis is not None:
+        raise TypeError(f"{where} must be a per-tensor activation quantizer; got {q!r}")
+    return q
+
+
+def _serialized(q: InferableQuantizer) -> dict[str, Any]:
+    from iqcore.keras._layers import serialize_quantizer
+
+    return serialize_quantizer(q)
+
+
+def centred_codes(x, q: InferableQuantizer):
+    """``code - zero_point`` (int64) of values on ``q``'s grid."""
+    return tf.cast(tf.round(tf.cast(x, tf.float32) / np.float32(q.quantization_params().scale)), tf.int64)
+
+
+def to_codes(x, q: InferableQuantizer):
+    """The int64 codes of values on ``q``'s grid."""
+    return centred_codes(x, q) + int(q.quantization_params().zero_point)
+
+
+def from_codes(code, q: InferableQuantizer, dtype):
+    """The values of int64 codes on ``q``'s grid."""
+    p = q.quantization_params()
+    return tf.cast(tf.cast(code - int(p.zero_point), tf.float32) * np.float32(p.scale), dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class IntegerSimulation:
     """The grids an integer-exact wrapper computes between.
@@ -69,8 +103,9 @@ class IntegerSimulation:
     def __post_init__(self):
         for name in ("input", "output"):
             q = getattr(self, name)
-            if not isinstance(q, InferableQuantizer) or q.target != "activation" or q.grid.axis is not None:
+            if not isinstance(q, InferableQuantizer):
                 raise TypeError(f"integer_simulation {name} must be a per-tensor activation quantizer; got {q!r}")
+            check_grid(q, f"integer_simulation {name}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"integer_simulation activation is {self.activation!r}; allowed: {list(ACTIVATIONS)}")
         if self.runtime not in RUNTIMES:
@@ -115,39 +150,27 @@ def _causal_pad(layer, x: tf.Tensor) -> tf.Tensor:
     return tf.pad(x, [[0, 0], [left, 0], [0, 0]])
 
 
-def output_scales(layer, quantizer: InferableQuantizer, channels: int) -> np.ndarray:
-    """The weight scale of each output channel (a depthwise kernel's repeated per multiplier)."""
-    scale = np.asarray(quantizer.grid.scale, np.float32).reshape(-1)
-    if isinstance(layer, layers.DepthwiseConv2D) and scale.size > 1:
-        scale = np.repeat(scale, channels // scale.size)
-    return np.broadcast_to(scale, (channels,)) if scale.size == 1 else scale
-
-
-def simulate(layer, quantizer: InferableQuantizer, kernel_variable, inputs, sim: IntegerSimulation) -> tf.Tensor:
+def simulate(wrapper, inputs, sim: IntegerSimulation) -> tf.Tensor:
     """The wrapped layer's output on ``sim.output``'s grid, computed as the runtime computes it (module doc)."""
-    p_in, p_out = sim.input.quantization_params(), sim.output.quantization_params()
-    s_in, s_out = np.float32(p_in.scale), np.float32(p_out.scale)
-    x = tf.cast(inputs, tf.float32)
-    codes = tf.cast(tf.round(x / s_in), tf.float64)  # x_code - x_zero_point: x is on the input grid
-    kernel = tf.cast(quantizer.to_int(tf.convert_to_tensor(kernel_variable)), tf.float64)
+    from iqcore.keras._tflite import output_channel_scales
+
+    layer, quantizer = wrapper.layer, wrapper.weights_quantizers["kernel"]
+    s_in = np.float32(sim.input.quantization_params().scale)
+    codes = tf.cast(centred_codes(inputs, sim.input), tf.float64)  # the input is on sim.input's grid
+    kernel = tf.cast(quantizer.to_int(tf.convert_to_tensor(wrapper.quantized_variables()["kernel"])), tf.float64)
     acc = _accumulate(layer, _causal_pad(layer, codes), kernel)
-    channels = int(acc.shape[-1])
-    s_w = output_scales(layer, quantizer, channels)
+    s_w = output_channel_scales(wrapper, "kernel", int(acc.shape[-1])).astype(np.float32)
     step = (s_in * s_w).astype(np.float32)  # float32(s_x * s_w), as the converter and XNNPACK compute it
     if getattr(layer, "use_bias", False):  # the int32 bias the converter stores: round(bias / (s_x * s_w))
         bias = tf.cast(tf.convert_to_tensor(layer.bias), tf.float64)
         acc = acc + tf.round(bias / step.astype(np.float64))
-    multiplier = (step / s_out).astype(np.float32)
-    y = tf.cast(acc, tf.float32) * multiplier
-    low, high = float(p_out.qmin - p_out.zero_point), float(p_out.qmax - p_out.zero_point)
+    multiplier = (step / np.float32(sim.output.quantization_params().scale)).astype(np.float32)
+    # tf.round: half to even, as XNNPACK's fp32 path (which clamps before rounding: the same for integer bounds)
+    code = tf.cast(tf.round(tf.cast(acc, tf.float32) * multiplier), tf.int64) + \
+        int(sim.output.quantization_params().zero_point)
     activation = sim.activation if sim.activation != "linear" else \
         getattr(getattr(layer, "activation", None), "__name__", "linear")
-    if activation in ("relu", "relu6"):
-        low = max(low, 0.0)
-    if activation == "relu6":
-        high = min(high, float(np.floor(np.float32(6.0) / s_out + 0.5)))  # TFLite rounds the bound half away
-    code = tf.round(tf.clip_by_value(y, low, high))  # tf.round: half to even, as XNNPACK's fp32 path
-    return tf.cast(code * s_out, inputs.dtype)
+    return from_codes(clamp_codes(code, sim.output, activation), sim.output, inputs.dtype)
 
 
 def to_config(sim: IntegerSimulation, serialize) -> dict[str, Any]:
@@ -207,18 +230,18 @@ class IntegerAdd(layers.Add):  # type: ignore[name-defined]
     """
 
     def __init__(self, inputs, output, activation: str = "linear", **kwargs):
-        from iqcore.keras._layers import deserialize_quantizer
-
         super().__init__(**kwargs)
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(f"{self.name}: inputs must be two activation quantizers; got {inputs!r:.120}")
-        self.simulation = [IntegerSimulation(deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation"),
-                                             deserialize_quantizer(output, f"{self.name}: output", "activation"),
-                                             activation) for i, q in enumerate(inputs)]
-        s = [sim.input.quantization_params().scale for sim in self.simulation]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{self.name}: activation is {activation!r}; allowed: {list(ACTIVATIONS)}")
+        self.sources = [check_grid(q, f"{self.name}: inputs[{i}]") for i, q in enumerate(inputs)]
+        self.output_quantizer = check_grid(output, f"{self.name}: output")
+        self.activation_name = activation
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain Add
         try:
-            self._multipliers = add_parameters(s[0], s[1], self.simulation[0].output.quantization_params().scale)
+            a, b = (q.quantization_params().scale for q in self.sources)
+            self._multipliers = add_parameters(a, b, self.output_quantizer.quantization_params().scale)
         except ValueError as e:
             raise ValueError(f"{self.name}: XNNPACK does not run this addition: {e}") from None
 
@@ -229,54 +252,49 @@ class IntegerAdd(layers.Add):  # type: ignore[name-defined]
             raise ValueError(f"{self.name}: IntegerAdd adds two inputs; got {len(inputs)}")
         a_mult, b_mult, shift = self._multipliers
         acc = tf.constant(1 << (shift - 1), tf.int64)
-        for x, mult, sim in zip(inputs, (a_mult, b_mult), self.simulation, strict=True):
-            p = sim.input.quantization_params()
-            codes = tf.cast(tf.round(tf.cast(x, tf.float32) / np.float32(p.scale)), tf.int64)  # code - zero point
-            acc = acc + mult * codes
-        out = self.simulation[0].output
-        p = out.quantization_params()
-        code = clamp_codes(tf.bitwise.right_shift(acc, shift) + int(p.zero_point), out, self.simulation[0].activation)
-        return tf.cast(tf.cast(code - int(p.zero_point), tf.float32) * np.float32(p.scale), inputs[0].dtype)
+        for x, mult, q in zip(inputs, (a_mult, b_mult), self.sources, strict=True):
+            acc = acc + mult * centred_codes(x, q)
+        out = self.output_quantizer
+        code = tf.bitwise.right_shift(acc, shift) + int(out.quantization_params().zero_point)
+        return from_codes(clamp_codes(code, out, self.activation_name), out, inputs[0].dtype)
 
     def get_config(self):
-        from iqcore.keras._layers import serialize_quantizer
-
-        return {**super().get_config(), "inputs": [serialize_quantizer(s.input) for s in self.simulation],
-                "output": serialize_quantizer(self.simulation[0].output), "activation": self.simulation[0].activation}
+        return {**super().get_config(), "inputs": [_serialized(q) for q in self.sources],
+                "output": _serialized(self.output_quantizer), "activation": self.activation_name}
 
 
-def convert_codes(codes, source: InferableQuantizer, target: InferableQuantizer):
-    """int8 codes (minus nothing: raw codes) of ``source``'s grid requantized onto ``target``'s as XNNPACK's
-    int8 convert does: an 8-bit fixed-point multiplier ``lrint(256 * s_source / s_target)``, half steps up.
+def convert_multiplier(source_scale, target_scale) -> int:
+    """XNNPACK's 8-bit fixed-point multiplier of an int8 convert, ``lrint(256 * s_source / s_target)``.
 
     Raises:
         ValueError: For a scale ratio outside ``[2**-8, 2**7]``, where XNNPACK does not convert.
     """
-    p_in, p_out = source.quantization_params(), target.quantization_params()
-    ratio = np.float32(np.float32(p_in.scale) / np.float32(p_out.scale))
+    ratio = np.float32(np.float32(source_scale) / np.float32(target_scale))
     if not 2.0**-8 <= ratio <= 2.0**7:
         raise ValueError(f"scale ratio {float(ratio)}; allowed: [2**-8, 2**7]")
-    multiplier = int(np.rint(np.float32(256.0) * ratio))
-    acc = (codes - int(p_in.zero_point)) * multiplier + (128 + (int(p_out.zero_point) << 8))
-    return tf.clip_by_value(tf.bitwise.right_shift(acc, 8), int(p_out.qmin), int(p_out.qmax))
+    return int(np.rint(np.float32(256.0) * ratio))
 
 
-def to_codes(x, q: InferableQuantizer):
-    """The int64 codes of values on ``q``'s grid."""
-    p = q.quantization_params()
-    return tf.cast(tf.round(tf.cast(x, tf.float32) / np.float32(p.scale)), tf.int64) + int(p.zero_point)
+def convert_codes(codes, source_scale, source_zero_point: int, target: InferableQuantizer):
+    """Raw int8 codes of the grid ``(source_scale, source_zero_point)`` requantized onto ``target``'s as
+    XNNPACK's int8 convert does (:func:`convert_multiplier`), half steps up."""
+    p = target.quantization_params()
+    multiplier = convert_multiplier(source_scale, p.scale)
+    acc = (codes - int(source_zero_point)) * multiplier + (128 + (int(p.zero_point) << 8))
+    return tf.clip_by_value(tf.bitwise.right_shift(acc, 8), int(p.qmin), int(p.qmax))
 
 
-def from_codes(code, q: InferableQuantizer, dtype):
-    p = q.quantization_params()
-    return tf.cast(tf.cast(code - int(p.zero_point), tf.float32) * np.float32(p.scale), dtype)
+def check_convertible(source: InferableQuantizer, target: InferableQuantizer) -> None:
+    """Refuse (ValueError) a pair of grids XNNPACK does not convert between."""
+    convert_multiplier(source.quantization_params().scale, target.quantization_params().scale)
 
 
 def requantize(x, source: InferableQuantizer, target: InferableQuantizer):
     """Values on ``source``'s grid moved onto ``target``'s as the interpreter's int8 QUANTIZE op does."""
-    if source.quantization_params() == target.quantization_params():
+    p = source.quantization_params()
+    if p == target.quantization_params():
         return x
-    return from_codes(convert_codes(to_codes(x, source), source, target), target, x.dtype)
+    return from_codes(convert_codes(to_codes(x, source), p.scale, int(p.zero_point), target), target, x.dtype)
 
 
 @keras.utils.register_keras_serializable(package="iqcore")
@@ -291,16 +309,11 @@ class IntegerConcatenate(layers.Concatenate):  # type: ignore[name-defined]
     """
 
     def __init__(self, inputs, output, **kwargs):
-        from iqcore.keras._layers import deserialize_quantizer
-
         super().__init__(**kwargs)
-        self.sources = [deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation")
-                        for i, q in enumerate(inputs)]
-        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
-        for q in (*self.sources, self.output_quantizer):
-            IntegerSimulation(q, self.output_quantizer)  # per-tensor activation grids only
+        self.sources = [check_grid(q, f"{self.name}: inputs[{i}]") for i, q in enumerate(inputs)]
+        self.output_quantizer = check_grid(output, f"{self.name}: output")
         for q in self.sources:
-            requantize(tf.zeros([1]), q, self.output_quantizer)  # refuses a ratio XNNPACK does not convert
+            check_convertible(q, self.output_quantizer)
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain Concatenate
 
     def _merge_function(self, inputs):
@@ -311,10 +324,8 @@ class IntegerConcatenate(layers.Concatenate):  # type: ignore[name-defined]
         return super()._merge_function(inputs)
 
     def get_config(self):
-        from iqcore.keras._layers import serialize_quantizer
-
-        return {**super().get_config(), "inputs": [serialize_quantizer(q) for q in self.sources],
-                "output": serialize_quantizer(self.output_quantizer)}
+        return {**super().get_config(), "inputs": [_serialized(q) for q in self.sources],
+                "output": _serialized(self.output_quantizer)}
 
 
 @keras.utils.register_keras_serializable(package="iqcore")
@@ -329,11 +340,8 @@ class IntegerAveragePooling2D(layers.AveragePooling2D):  # type: ignore[name-def
     """
 
     def __init__(self, grid, **kwargs):
-        from iqcore.keras._layers import deserialize_quantizer
-
         super().__init__(**kwargs)
-        self.grid = deserialize_quantizer(grid, f"{self.name}: grid", "activation")
-        IntegerSimulation(self.grid, self.grid)  # a per-tensor activation grid only
+        self.grid = check_grid(grid, f"{self.name}: grid")
         if self.get_config().get("data_format", "channels_last") not in (None, "channels_last"):
             raise ValueError(f"{self.name}: integer simulation needs data_format='channels_last'")
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain AveragePooling2D
@@ -357,9 +365,7 @@ class IntegerAveragePooling2D(layers.AveragePooling2D):  # type: ignore[name-def
         return from_codes(tf.clip_by_value(code, int(p.qmin), int(p.qmax)), self.grid, inputs.dtype)
 
     def get_config(self):
-        from iqcore.keras._layers import serialize_quantizer
-
-        return {**super().get_config(), "grid": serialize_quantizer(self.grid)}
+        return {**super().get_config(), "grid": _serialized(self.grid)}
 
 
 #: The int8 LOGISTIC op's output grid: step 1/256 from 0 (zero point -128).
@@ -401,45 +407,31 @@ class IntegerActivation(layers.Activation):  # type: ignore[name-defined]
     """
 
     def __init__(self, activation, source, output, **kwargs):
-        from iqcore.keras._layers import deserialize_quantizer
-
         if activation not in INTEGER_ACTIVATIONS:
             raise ValueError(f"activation is {activation!r}; allowed: {list(INTEGER_ACTIVATIONS)}")
         super().__init__(activation, **kwargs)
-        self.source = deserialize_quantizer(source, f"{self.name}: source", "activation")
-        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
-        IntegerSimulation(self.source, self.output_quantizer)  # per-tensor activation grids only
+        self.source = check_grid(source, f"{self.name}: source")
+        self.output_quantizer = check_grid(output, f"{self.name}: output")
         self.kind = activation
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain Activation
 
     def call(self, inputs):
         if self._deploy:
             return super().call(inputs)
-        p = self.source.quantization_params()
-        x = tf.cast(inputs, tf.float32)
-        sig = _logistic_codes(x)
+        sig = _logistic_codes(inputs)
         if self.kind == "sigmoid":  # on another grid than LOGISTIC's, the converter adds a QUANTIZE
             q = self.output_quantizer.quantization_params()
             if (np.float32(q.scale), int(q.zero_point)) != (np.float32(LOGISTIC_SCALE), LOGISTIC_ZERO_POINT):
-                sig = convert_codes(sig, _fixed_logistic_grid(), self.output_quantizer)
+                sig = convert_codes(sig, LOGISTIC_SCALE, LOGISTIC_ZERO_POINT, self.output_quantizer)
             return from_codes(sig, self.output_quantizer, inputs.dtype)
-        codes = tf.cast(tf.round(x / np.float32(p.scale)), tf.int64)  # x_code - x_zero_point
-        code = _multiply_codes(codes, sig - LOGISTIC_ZERO_POINT, p.scale, LOGISTIC_SCALE, self.output_quantizer)
+        code = _multiply_codes(centred_codes(inputs, self.source), sig - LOGISTIC_ZERO_POINT,
+                               self.source.quantization_params().scale, LOGISTIC_SCALE, self.output_quantizer)
         return from_codes(code, self.output_quantizer, inputs.dtype)
 
     def get_config(self):
-        from iqcore.keras._layers import serialize_quantizer
-
         config = super().get_config()
-        config.update(activation=self.kind, source=serialize_quantizer(self.source),
-                      output=serialize_quantizer(self.output_quantizer))
+        config.update(activation=self.kind, source=_serialized(self.source), output=_serialized(self.output_quantizer))
         return config
-
-
-def _fixed_logistic_grid() -> InferableQuantizer:
-    from iqcore import _registry as registry
-
-    return registry.get_quantizer("uniform", "activation", num_bits=8, min_range=[0.0], max_range=[1.0 - 1 / 256])
 
 
 @keras.utils.register_keras_serializable(package="iqcore")
@@ -453,16 +445,11 @@ class IntegerMultiply(layers.Multiply):  # type: ignore[name-defined]
     """
 
     def __init__(self, inputs, output, **kwargs):
-        from iqcore.keras._layers import deserialize_quantizer
-
         super().__init__(**kwargs)
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(f"{self.name}: inputs must be two activation quantizers; got {inputs!r:.120}")
-        self.sources = [deserialize_quantizer(q, f"{self.name}: inputs[{i}]", "activation")
-                        for i, q in enumerate(inputs)]
-        self.output_quantizer = deserialize_quantizer(output, f"{self.name}: output", "activation")
-        for q in self.sources:
-            IntegerSimulation(q, self.output_quantizer)
+        self.sources = [check_grid(q, f"{self.name}: inputs[{i}]") for i, q in enumerate(inputs)]
+        self.output_quantizer = check_grid(output, f"{self.name}: output")
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain Multiply
 
     def _merge_function(self, inputs):
@@ -470,14 +457,11 @@ class IntegerMultiply(layers.Multiply):  # type: ignore[name-defined]
             return super()._merge_function(inputs)
         if len(inputs) != 2:
             raise ValueError(f"{self.name}: IntegerMultiply multiplies two inputs; got {len(inputs)}")
-        codes = [to_codes(x, q) - int(q.quantization_params().zero_point) for x, q in zip(inputs, self.sources,
-                                                                                         strict=True)]
+        codes = [centred_codes(x, q) for x, q in zip(inputs, self.sources, strict=True)]
         scales = [q.quantization_params().scale for q in self.sources]
         code = _multiply_codes(codes[0], codes[1], scales[0], scales[1], self.output_quantizer)
         return from_codes(code, self.output_quantizer, inputs[0].dtype)
 
     def get_config(self):
-        from iqcore.keras._layers import serialize_quantizer
-
-        return {**super().get_config(), "inputs": [serialize_quantizer(q) for q in self.sources],
-                "output": serialize_quantizer(self.output_quantizer)}
+        return {**super().get_config(), "inputs": [_serialized(q) for q in self.sources],
+                "output": _serialized(self.output_quantizer)}

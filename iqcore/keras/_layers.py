@@ -349,8 +349,7 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
         if self._export:
             return self._export_call(inputs, *args, **kwargs)
         if self.integer_simulation is not None and not self._deploy:
-            return _integer.simulate(self.layer, self._quantizers["kernel"], self._variables_by_name["kernel"],
-                                     inputs, self.integer_simulation)
+            return _integer.simulate(self, inputs, self.integer_simulation)
         return self.layer(inputs, *args, **kwargs)
 
     def _call_with_constants(self, fn, inputs, values):
@@ -492,10 +491,9 @@ class ActivationQuantizationHolder(keras.layers.Layer):  # type: ignore[name-def
         super().__init__(**kwargs)
         chosen = quantizer if quantizer is not None else activation_holder_quantizer
         self.quantizer = deserialize_quantizer(chosen, f"{self.name}: quantizer", "activation")
-        self.source = None if source is None else deserialize_quantizer(source, f"{self.name}: source", "activation")
+        self.source = None if source is None else _integer.check_grid(source, f"{self.name}: source")
         if self.source is not None:
-            _integer.IntegerSimulation(self.source, self.quantizer)  # per-tensor activation grids only
-            _integer.requantize(tf.zeros([1]), self.source, self.quantizer)  # a ratio XNNPACK converts
+            _integer.check_convertible(self.source, self.quantizer)
         self._deploy = False  # True within iqcore.keras.deployment_form: the quantizer alone
         if metadata is not None:
             _metadata.attach(self, metadata, where=f"{self.name}: {METADATA_KEY}")

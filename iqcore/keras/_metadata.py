@@ -21,6 +21,8 @@ import json
 import math
 from typing import Any
 
+import tensorflow as tf
+
 #: The layer-config key the metadata is stored under.
 METADATA_KEY = "iqcore_model_metadata"
 #: The name of the entry in a TFLite file's metadata table.
@@ -123,35 +125,25 @@ def _iqcore_layers(model) -> list:
             if isinstance(layer, (QuantizationWrapper, ActivationQuantizationHolder, ModelMetadata))]
 
 
-def _model_metadata_class():
-    import tensorflow as tf
+@tf.keras.utils.register_keras_serializable(package="iqcore")
+class ModelMetadata(tf.keras.layers.Layer):
+    """An identity layer that carries the metadata of a model with no iqcore layer (:func:`add_metadata` puts
+    one after the model's first output)."""
 
-    keras = tf.keras
+    def __init__(self, **kwargs):
+        stored = kwargs.pop(METADATA_KEY, None)
+        super().__init__(**kwargs)
+        if stored is not None:
+            attach(self, stored, where=f"{self.name}: {METADATA_KEY}")
 
-    @keras.utils.register_keras_serializable(package="iqcore")
-    class ModelMetadata(keras.layers.Layer):  # type: ignore[name-defined]
-        """An identity layer that carries the metadata of a model with no iqcore layer (:func:`add_metadata`
-        puts one after the model's first output)."""
+    def call(self, inputs):
+        return inputs
 
-        def __init__(self, **kwargs):
-            stored = kwargs.pop(METADATA_KEY, None)
-            super().__init__(**kwargs)
-            if stored is not None:
-                attach(self, stored, where=f"{self.name}: {METADATA_KEY}")
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
-        def call(self, inputs):
-            return inputs
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), **config_entry(self)}
-
-    return ModelMetadata
-
-
-ModelMetadata = _model_metadata_class()
+    def get_config(self):
+        return {**super().get_config(), **config_entry(self)}
 
 
 def add_metadata(model, metadata: dict[str, Any]):
@@ -166,8 +158,6 @@ def add_metadata(model, metadata: dict[str, Any]):
     data = check_metadata(metadata)
     layers = _iqcore_layers(model)
     if not layers:
-        import tensorflow as tf
-
         outputs = list(getattr(model, "outputs", None) or [])
         if not outputs or not getattr(model, "inputs", None):
             raise ValueError(f"model {getattr(model, 'name', model)!r} has no iqcore layer and no known outputs to "
@@ -200,11 +190,10 @@ def add_tflite_metadata(flatbuffer: bytes, metadata: dict[str, Any]) -> bytes:
         TypeError, ValueError: For metadata that :func:`check_metadata` refuses, or bytes that are not a TFLite
             model.
     """
-    import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
     data = check_metadata(metadata)
-    model = _read_tflite(flatbuffer, schema)
+    model = read_tflite(flatbuffer, schema)
     buffer = schema.BufferT()
     buffer.data = list(_canonical(data).encode("utf-8"))
     model.buffers = list(model.buffers or [])
@@ -214,9 +203,7 @@ def add_tflite_metadata(flatbuffer: bytes, metadata: dict[str, Any]) -> bytes:
     entry.buffer = len(model.buffers) - 1
     kept = [m for m in (model.metadata or []) if _name(m.name) != TFLITE_METADATA_NAME]
     model.metadata = [*kept, entry]
-    builder = flatbuffers.Builder(len(flatbuffer) + len(buffer.data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return write_tflite(model, len(flatbuffer) + len(buffer.data))
 
 
 def tflite_metadata(flatbuffer: bytes) -> dict[str, Any]:
@@ -227,7 +214,7 @@ def tflite_metadata(flatbuffer: bytes) -> dict[str, Any]:
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read_tflite(flatbuffer, schema)
+    model = read_tflite(flatbuffer, schema)
     for m in model.metadata or []:
         if _name(m.name) == TFLITE_METADATA_NAME:
             raw = bytes(bytearray(model.buffers[m.buffer].data))
@@ -243,7 +230,21 @@ def _name(name) -> str:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
-def _read_tflite(flatbuffer: bytes, schema):
+def write_tflite(model, size: int) -> bytes:
+    """The flatbuffer of a TFLite object-API model (``schema.ModelT``), about ``size`` bytes."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_tflite(flatbuffer: bytes, schema):
+    """The object-API model (``schema.ModelT``) of a TFLite flatbuffer.
+
+    Raises:
+        ValueError: If the bytes are not a readable TFLite model.
+    """
     if not isinstance(flatbuffer, (bytes, bytearray)) or len(flatbuffer) < 8 or bytes(flatbuffer[4:8]) != b"TFL3":
         raise ValueError("flatbuffer is not a TFLite model (no 'TFL3' identifier)")
     try:

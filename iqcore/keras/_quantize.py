@@ -32,8 +32,8 @@ from iqcore.keras._integer import (
     IntegerConcatenate,
     IntegerMultiply,
     IntegerSimulation,
+    check_convertible,
     is_simulated,
-    requantize,
 )
 from iqcore.keras._layers import (
     KERAS_3,
@@ -584,7 +584,7 @@ def _requantized_holders(model, plan_a) -> dict:
         if source is not None and source is not q:
             try:
                 sources[name] = deserialize_quantizer(source, f"the holder before {name!r}", "activation")
-                requantize(tf.zeros([1]), sources[name], q)
+                check_convertible(sources[name], q)
             except ValueError:
                 sources.pop(name, None)
     return sources

@@ -13,7 +13,7 @@ import tensorflow as tf
 from iqcore._quantizer import InferableQuantizer
 from iqcore.keras._export import is_transposed_conv, transposed_conv_problem
 from iqcore.keras._layers import KERAS_3, ActivationQuantizationHolder, QuantizationWrapper, export_form
-from iqcore.keras._metadata import add_tflite_metadata, get_metadata
+from iqcore.keras._metadata import add_tflite_metadata, get_metadata, read_tflite, write_tflite
 
 
 def export_problem(var, q: InferableQuantizer) -> str | None:
@@ -257,7 +257,7 @@ def restore_activation_scales(flatbuffer: bytes, model) -> bytes:
         exact.setdefault(int(p.zero_point), []).append(np.float32(p.scale))
     if not exact:
         return flatbuffer
-    tflite = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(flatbuffer), 0))
+    tflite = read_tflite(flatbuffer, schema)
     changed = False
     for graph in tflite.subgraphs or []:
         for tensor in graph.tensors or []:
@@ -273,13 +273,7 @@ def restore_activation_scales(flatbuffer: bytes, model) -> bytes:
                 if best != got:
                     q.scale = np.asarray([best], np.float32)
                     changed = True
-    if not changed:
-        return flatbuffer
-    import flatbuffers
-
-    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
-    builder.Finish(tflite.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return write_tflite(tflite, len(flatbuffer)) if changed else flatbuffer
 
 
 def write_transposed_weights(flatbuffer: bytes, model) -> bytes:
@@ -294,10 +288,9 @@ def write_transposed_weights(flatbuffer: bytes, model) -> bytes:
         RuntimeError: If a wrapper's filter is not found as an int8 TRANSPOSE_CONV input, or the fused bias is
             not the layer's own.
     """
-    import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
-    tflite = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(flatbuffer), 0))
+    tflite = read_tflite(flatbuffer, schema)
     codes = tflite.operatorCodes or []
     uses: dict = {}
     for graph in tflite.subgraphs or []:
@@ -329,9 +322,7 @@ def write_transposed_weights(flatbuffer: bytes, model) -> bytes:
         bias_index = op.inputs[3] if len(op.inputs) > 3 else -1
         if bias_index >= 0:
             _requantize_bias(tflite, graph, op, bias_index, w, scale, uses)
-    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
-    builder.Finish(tflite.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return write_tflite(tflite, len(flatbuffer))
 
 
 def _set_buffer(tflite, tensor, values: np.ndarray, uses: dict) -> None:
