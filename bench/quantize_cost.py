@@ -6,13 +6,16 @@
 Reports, per model, the median time of ``quantize_model`` (symmetric weights, uniform activations, 32
 calibration images in batches of 16) and of one float forward pass over the same batches (eager, as the
 calibration pass runs), and their ratio; the part of it spent rebuilding Keras models (``rebuild`` and
-``copy_weights``), and the rest (observing, calibrating, bias snapping) as a ratio to the float pass; and the
-rebuild time per layer, which stays flat when the rebuild grows linearly with the layer count.
+``copy_weights``), and the rest (observing, calibrating, bias snapping) as a ratio to the float pass; the
+observation pass alone as a ratio to the float pass; the time Python's cyclic garbage collector ran during
+``quantize_model`` (whichever part it interrupted); and the rebuild time per layer, which stays flat when the
+rebuild grows linearly with the layer count.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -36,29 +39,43 @@ def chain(keras, depth: int):
 
 class RebuildClock:
     """Adds up the time ``quantize_model`` spends rebuilding Keras models and copying weights into them (the
-    part that grows with the layer count), by timing iqcore's two model-surgery functions where they are used."""
+    part that grows with the layer count), by timing iqcore's two model-surgery functions where they are used;
+    also the time of the observation pass (``observe_seconds``) and of the garbage collector (``gc_seconds``)."""
 
     def __init__(self):
         from iqcore.keras import _graph, _quantize
 
-        self.seconds = 0.0
+        self.seconds = self.observe_seconds = self.gc_seconds = 0.0
+        self.gc_start = 0.0
         self.patched = []
         for module in (_graph, _quantize):
             for name in ("rebuild", "copy_weights"):
-                original = getattr(module, name)
-                setattr(module, name, self._timed(original))
-                self.patched.append((module, name, original))
+                self._patch(module, name, "seconds")
+        self._patch(_quantize, "_observe", "observe_seconds")
+        gc.callbacks.append(self._gc)
 
-    def _timed(self, fn):
+    def _patch(self, module, name: str, total: str) -> None:
+        original = getattr(module, name)
+        setattr(module, name, self._timed(original, total))
+        self.patched.append((module, name, original))
+
+    def _timed(self, fn, total: str):
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                setattr(self, total, getattr(self, total) + time.perf_counter() - start)
         return timed
 
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self.gc_start
+
     def close(self):
+        gc.callbacks.remove(self._gc)
         for module, name, original in self.patched:
             setattr(module, name, original)
 
@@ -66,7 +83,7 @@ class RebuildClock:
 def measure(model, data, rounds: int) -> dict:
     from iqcore import keras as iqkeras
 
-    float_times, quant_times, rebuild_times = [], [], []
+    float_times, quant_times, rebuild_times, observe_times, gc_times = [], [], [], [], []
     for _ in range(rounds):
         start = time.perf_counter()
         for batch in data:
@@ -83,9 +100,12 @@ def measure(model, data, rounds: int) -> dict:
         finally:
             clock.close()
         rebuild_times.append(clock.seconds)
-    f, q, r = (statistics.median(t) for t in (float_times, quant_times, rebuild_times))
+        observe_times.append(clock.observe_seconds)
+        gc_times.append(clock.gc_seconds)
+    f, q, r, o, g = (statistics.median(t) for t in (float_times, quant_times, rebuild_times, observe_times, gc_times))
     return {"layers": len(model.layers), "float_pass_s": round(f, 3), "quantize_s": round(q, 3),
             "ratio": round(q / f, 1), "rebuild_s": round(r, 3), "calibration_ratio": round((q - r) / f, 2),
+            "observe_ratio": round(o / f, 2), "gc_s": round(g, 3),
             "rebuild_ms_per_layer": round(1000 * r / len(model.layers), 2),
             "ms_per_layer": round(1000 * q / len(model.layers), 2)}
 
@@ -121,11 +141,12 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
     print("\n| model | layers | float pass (s) | quantize_model (s) | ratio | rebuild (s) | rest / float pass | "
-          "rebuild ms per layer |")
-    print("|---|---|---|---|---|---|---|---|")
+          "observe / float pass | gc (s) | rebuild ms per layer |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['layers']} | {r['float_pass_s']} | {r['quantize_s']} | {r['ratio']} | "
-              f"{r['rebuild_s']} | {r['calibration_ratio']} | {r['rebuild_ms_per_layer']} |")
+              f"{r['rebuild_s']} | {r['calibration_ratio']} | {r['observe_ratio']} | {r['gc_s']} | "
+              f"{r['rebuild_ms_per_layer']} |")
     print(json.dumps({"cases": rows}))
     return 0
 

@@ -12,6 +12,7 @@ from iqcore.keras import (
     IntegerAdd,
     IntegerSimulation,
     QuantizationWrapper,
+    compare,
     deployment_form,
     quantize_model,
     run_tflite,
@@ -67,6 +68,21 @@ def squeeze_excite(seed=0):
     return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
+def shared_relus(seed=0):
+    """NASNet's pattern: a convolution (batch norm folded) whose output three identical ReLUs consume, each
+    starting a separable-convolution branch; TensorFlow merges the ReLUs and the converter fuses the merged one
+    into the convolution, so no int8 tensor holds the convolution's own output."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inp))
+    branches = [keras.layers.SeparableConv2D(8, k, padding="same")(keras.layers.Activation("relu")(x))
+                for k in (3, 5)]
+    y = keras.layers.Add()(branches)
+    z = keras.layers.Conv2D(8, 1)(keras.layers.Activation("relu")(x))
+    x = keras.layers.Concatenate()([y, z])
+    return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
 def batches(n, seed, shape=(12, 12, 3)):
     rng = np.random.default_rng(seed)
     return [rng.uniform(-1, 1, (8, *shape)).astype(np.float32) for _ in range(n)]
@@ -103,6 +119,29 @@ def test_concatenations_requantizations_and_average_pooling_give_the_interpreter
     x = on_input_grid(model, np.concatenate(batches(4, 8)))
     lite, _, _ = run_tflite(to_tflite(model), x)
     assert np.array_equal(lite, model(x).numpy().astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["pot", "symmetric"])
+def test_identical_relus_of_one_output_fuse_into_its_op_as_in_the_interpreter(method):
+    model = quantize_model(shared_relus(), weights_method=method, activation_method="uniform",
+                           representative_data=batches(2, 1), integer_simulation="xnnpack", verbose=0)
+    conv = next(layer for layer in model.layers if isinstance(layer, QuantizationWrapper)
+                and type(layer.layer) is keras.layers.Conv2D and layer.layer.get_config()["kernel_size"] == (3, 3))
+    holders = {layer.name for layer in model.layers if isinstance(layer, ActivationQuantizationHolder)}
+    assert f"{conv.layer.name}_activation" not in holders  # the merged ReLU is fused: one rounding
+    assert conv.integer_simulation is not None and conv.integer_simulation.activation == "relu"
+    x = on_input_grid(model, np.concatenate(batches(4, 8)))
+    lite, _, _ = run_tflite(to_tflite(model), x)
+    assert np.array_equal(lite, model(x).numpy().astype(np.float32))
+
+
+def test_compare_matches_the_holders_of_merged_relus_to_their_one_tensor():
+    model = quantize_model(shared_relus(), weights_method="pot", activation_method="uniform",
+                           representative_data=batches(2, 1), integer_simulation="xnnpack", verbose=0)
+    rows = compare(model, to_tflite(model), on_input_grid(model, batches(1, 8)[0]))
+    relus = [r for r in rows if r.layer.startswith("activation")]
+    assert len(relus) == 3 and all(r.tensor is not None for r in rows)
+    assert len({r.tensor for r in relus}) == 1 and all(r.differ == 0 for r in rows)
 
 
 def test_simulated_model_predicts_in_graph_mode_with_the_eager_numbers(simulated):

@@ -40,6 +40,7 @@ from iqcore.keras._integer import (
     IntegerAdd,
     IntegerAveragePooling2D,
     IntegerConcatenate,
+    IntegerConstantOperation,
     IntegerMultiply,
     IntegerSimulation,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "IntegerAdd",
     "IntegerAveragePooling2D",
     "IntegerConcatenate",
+    "IntegerConstantOperation",
     "IntegerMultiply",
     "IntegerSimulation",
     "LayerAgreement",

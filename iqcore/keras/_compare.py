@@ -8,6 +8,7 @@ intermediate tensor) and each matched pair is compared in steps of its grid.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -48,15 +49,46 @@ def _same_scale(a: float, b: float) -> bool:
     return abs(float(a) / float(b) - 1.0) <= 2.0**-21
 
 
-def _pick(candidates: list[dict], holder) -> dict | None:
-    """The tensor on the holder's grid that the holder (or the layer feeding it) produced: several tensors can
-    share one grid (every ReLU6 output calibrated to [0, 6]), so names decide; a lone candidate is taken."""
+def _signature(layer) -> tuple | None:
+    """What makes two layers compute the same tensor: class, configuration (name aside) and input tensors."""
+    try:
+        inputs = tuple(id(t) for t in tf.nest.flatten(layer.input))
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+    except (AttributeError, ValueError, RuntimeError, NotImplementedError):
+        return None
+    return type(layer).__name__, repr(sorted(config.items())), inputs
+
+
+def _duplicates(model) -> dict[str, list[str]]:
+    """``{layer name: names of the layers computing the same tensor}``: TensorFlow merges such layers (NASNet
+    applies one ReLU to a tensor in several branches), so the file names their one tensor after one of them."""
+    groups: dict[tuple, list[str]] = {}
+    for layer in flatten_layers(model):
+        key = _signature(layer)
+        if key is not None:
+            groups.setdefault(key, []).append(layer.name)
+    return {name: names for names in groups.values() if len(names) > 1 for name in names}
+
+
+def _named(d: dict, name: str, suffixed: bool) -> bool:
+    """Whether the file tensor ``d`` is named after the Keras layer ``name``, exactly or (``suffixed``) with the
+    ``_<n>`` the converter adds to repeated names."""
+    suffix = r"_\d+" if suffixed else ""
+    return re.search(rf"/{re.escape(name)}{suffix}[/;]", d["name"] + ";") is not None
+
+
+def _pick(candidates: list[dict], holder, duplicates: dict[str, list[str]]) -> dict | None:
+    """The tensor on the holder's grid that the holder (or the layer feeding it, or a layer computing the same
+    tensor) produced: several tensors can share one grid (every ReLU6 output calibrated to [0, 6]), so names
+    decide; a lone candidate is taken."""
     producer = getattr(holder.input, "_keras_history", [None])[0]
     names = [holder.name] + ([producer.name] if producer is not None else [])
-    for name in names:
-        for d in candidates:
-            if f"/{name}/" in d["name"] or f"/{name}_1/" in d["name"] or f"/{name};" in d["name"]:
-                return d
+    names += [n for name in list(names) for n in duplicates.get(name, []) if n not in names]
+    for suffixed in (False, True):
+        for name in names:
+            for d in candidates:
+                if _named(d, name, suffixed):
+                    return d
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -83,13 +115,14 @@ def compare(model, flatbuffer: bytes, x: np.ndarray) -> list[LayerAgreement]:
         if d["dtype"] == np.int8 and scales.size == 1 and len(d["shape"]) >= 1:
             key = _grid_key(d["shape"], d["quantization_parameters"]["zero_points"][0])
             by_grid.setdefault(key, []).append(d)
+    duplicates = _duplicates(model)
     rows = []
     for holder, value in zip(holders, keras_values, strict=True):
         params = holder.quantizer.quantization_params()
         scale, zp = np.float32(params.scale), int(params.zero_point)
         candidates = [d for d in by_grid.get(_grid_key(value.shape, zp), [])
                       if _same_scale(d["quantization_parameters"]["scales"][0], scale)]
-        d = _pick(candidates, holder)
+        d = _pick(candidates, holder, duplicates)
         if d is None:
             rows.append(LayerAgreement(holder.name, None, 0, 0, float("nan")))
             continue

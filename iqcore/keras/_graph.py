@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from iqcore.keras._integer import IntegerConstantOperation
 from iqcore.keras._layers import KERAS_3, QuantizationWrapper
 
 keras = tf.keras
@@ -58,6 +59,13 @@ def operation_names(model) -> set[str]:
     return {op.name for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)}
 
 
+def operation_arguments(op) -> tuple:
+    """The positional arguments a Keras 3 Functional model called the ``keras.ops`` operation ``op`` with
+    (tensors and constants), or ``()`` when it was called more than once."""
+    called = getattr(op, "_inbound_nodes", [])
+    return tuple(called[0].arguments.args) if len(called) == 1 else ()
+
+
 def rebuild(model, replace, insert_after, name=None, drop=frozenset(), constants=None):
     """A copy of a Sequential or Functional model with each layer replaced by ``replace(layer)`` and the layers
     ``insert_after(name)`` (fresh instances) chained after each layer or model input named ``name``.
@@ -88,6 +96,8 @@ def rebuild(model, replace, insert_after, name=None, drop=frozenset(), constants
         if original in constants:
             return _chain(_wrap_constants(layer, original, constants[original], args, kwargs),
                           insert_after(original))
+        if isinstance(layer, IntegerConstantOperation):  # holds the operation's constant operand itself
+            args = tuple(a for a in args if isinstance(a, keras.KerasTensor))
         return _chain(layer(*args, **_accepted(layer, kwargs)), insert_after(original))
 
     structure = tf.nest.pack_sequence_as(model.input, inputs)

@@ -25,6 +25,7 @@ convert.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,15 @@ def clamp_codes(code, q: InferableQuantizer, activation: str):
     return tf.clip_by_value(code, low, high)
 
 
+def _add_codes(a, b, multipliers: tuple[int, int, int], target: InferableQuantizer, activation: str):
+    """XNNPACK's int8 addition of zero-point-free codes (:func:`add_parameters`): the output codes on
+    ``target``'s grid, clamped to it and to the fused ``activation``."""
+    a_mult, b_mult, shift = multipliers
+    acc = (1 << (shift - 1)) + a_mult * a + b_mult * b
+    code = tf.bitwise.right_shift(acc, shift) + int(target.quantization_params().zero_point)
+    return clamp_codes(code, target, activation)
+
+
 @keras.utils.register_keras_serializable(package="iqcore")
 class IntegerAdd(layers.Add):  # type: ignore[name-defined]
     """An ``Add`` of two inputs computed as XNNPACK's int8 addition does, between the grids of the holders
@@ -250,13 +260,9 @@ class IntegerAdd(layers.Add):  # type: ignore[name-defined]
             return super()._merge_function(inputs)
         if len(inputs) != 2:
             raise ValueError(f"{self.name}: IntegerAdd adds two inputs; got {len(inputs)}")
-        a_mult, b_mult, shift = self._multipliers
-        acc = tf.constant(1 << (shift - 1), tf.int64)
-        for x, mult, q in zip(inputs, (a_mult, b_mult), self.sources, strict=True):
-            acc = acc + mult * centred_codes(x, q)
-        out = self.output_quantizer
-        code = tf.bitwise.right_shift(acc, shift) + int(out.quantization_params().zero_point)
-        return from_codes(clamp_codes(code, out, self.activation_name), out, inputs[0].dtype)
+        codes = [centred_codes(x, q) for x, q in zip(inputs, self.sources, strict=True)]
+        code = _add_codes(codes[0], codes[1], self._multipliers, self.output_quantizer, self.activation_name)
+        return from_codes(code, self.output_quantizer, inputs[0].dtype)
 
     def get_config(self):
         return {**super().get_config(), "inputs": [_serialized(q) for q in self.sources],
@@ -389,18 +395,82 @@ def _multiply_codes(a, b, s_a, s_b, target: InferableQuantizer):
     return tf.clip_by_value(tf.cast(y, tf.int64) + int(p.zero_point), int(p.qmin), int(p.qmax))
 
 
+def _quantize_multiplier_16(multiplier: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier`` then ``DownScaleInt32ToInt16Multiplier``: ``multiplier`` as a 16-bit
+    fixed-point value in ``[2**14, 2**15)`` and a power-of-two exponent."""
+    if multiplier == 0:
+        return 0, 0
+    fraction, exponent = math.frexp(multiplier)
+    fixed = int(math.floor(abs(fraction) * 2.0**31 + 0.5)) * (1 if fraction >= 0 else -1)  # std::round
+    if fixed == 2**31:
+        fixed, exponent = fixed // 2, exponent + 1
+    if exponent < -31:
+        return 0, 0
+    return (0x7FFF if fixed >= 0x7FFF8000 else (fixed + (1 << 15)) >> 16), exponent
+
+
+def _rounding_doubling_high_mul_16(a: np.ndarray, b) -> np.ndarray:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int16 values (held in int64)."""
+    product = a * b
+    nudge = np.where(product >= 0, 1 << 14, 1 - (1 << 14))
+    high = np.trunc((product + nudge) / 2.0**15).astype(np.int64)
+    return np.where((a == -(2**15)) & (b == -(2**15)), 2**15 - 1, high)
+
+
+def _rounding_divide_by_pot(x: np.ndarray, exponent: int) -> np.ndarray:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent``, half steps away from zero."""
+    mask = (1 << exponent) - 1
+    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0))
+
+
+def hard_swish_table(source: InferableQuantizer, output: InferableQuantizer) -> np.ndarray:
+    """TFLite's int8 HARD_SWISH kernel (``reference_ops::HardSwish``: the interpreter runs its own kernel, XNNPACK
+    does not take the int8 op) as the 256 output codes of the input codes -128..127.
+
+    The input code ``v`` (zero point removed) is moved to a "high-resolution" scale ``s_in / 128``; from there a
+    16-bit multiplier takes it to the output scale, and another to the "relu-ish" scale on which 3.0 is 2**15,
+    saturating, then to ``[0, 1]``; the product of the two, shifted to the output exponent and rounded, is the
+    output code::
+
+        y = v * (s_in / s_out) * clamp((v * s_in + 3) / 6, 0, 1)           (in 16-bit fixed point)
+    """
+    s_in, s_out = (np.float32(q.quantization_params().scale) for q in (source, output))
+    hires = np.float32(1.0 / 128.0) * s_in
+    out_mult, out_exp = _quantize_multiplier_16(float(np.float32(hires / s_out)))
+    relu_mult, relu_exp = _quantize_multiplier_16(float(np.float32(hires / np.float32(3.0 / 32768.0))))
+    if out_exp > 0:
+        raise ValueError(f"HARD_SWISH needs an output scale of at least input scale / 128; got {float(s_out)} "
+                         f"for input scale {float(s_in)}")
+    v = np.arange(-128, 128, dtype=np.int64) - int(source.quantization_params().zero_point)
+    hires_v = v * 128
+    on_output_scale = _rounding_doubling_high_mul_16(hires_v, out_mult)
+    relu = hires_v
+    if relu_exp > 0:
+        relu = np.clip(relu << (relu_exp - 1), -(2**15), 2**15 - 1)
+    relu = _rounding_doubling_high_mul_16(relu, relu_mult)
+    if relu_exp > 0:
+        relu = np.clip(relu << 1, -(2**15), 2**15 - 1)
+    elif relu_exp < 0:
+        relu = _rounding_divide_by_pot(relu, -relu_exp)
+    relu = (relu + (1 << 15)) >> 1
+    product = np.trunc(relu * on_output_scale / 2.0**15).astype(np.int64)  # SaturatingDoublingHighMul
+    code = _rounding_divide_by_pot(product, -out_exp) + int(output.quantization_params().zero_point)
+    return np.clip(code, -128, 127)
+
+
 #: Activations :class:`IntegerActivation` computes as TFLite's int8 kernels do.
-INTEGER_ACTIVATIONS = ("sigmoid", "swish", "silu")
+INTEGER_ACTIVATIONS = ("sigmoid", "swish", "silu", "hard_silu", "hard_swish")
 
 
 @keras.utils.register_keras_serializable(package="iqcore")
 class IntegerActivation(layers.Activation):  # type: ignore[name-defined]
-    """A sigmoid or swish computed as TFLite's int8 kernels do, from its input holder's grid onto its own
-    holder's: ``sigmoid`` is the int8 LOGISTIC op (output step 1/256), ``swish``/``silu`` that LOGISTIC followed
-    by the int8 MUL of the input by it (:func:`_multiply_codes`), which is how the converter writes swish.
+    """A sigmoid, swish or hard swish computed as TFLite's int8 kernels do, from its input holder's grid onto its
+    own holder's: ``sigmoid`` is the int8 LOGISTIC op (output step 1/256), ``swish``/``silu`` that LOGISTIC
+    followed by the int8 MUL of the input by it (:func:`_multiply_codes`), which is how the converter writes
+    swish, and ``hard_silu``/``hard_swish`` the int8 HARD_SWISH op (:func:`hard_swish_table`).
 
     Args:
-        activation: ``"sigmoid"``, ``"swish"`` or ``"silu"``.
+        activation: ``"sigmoid"``, ``"swish"``, ``"silu"``, ``"hard_silu"`` or ``"hard_swish"``.
         source: The per-tensor activation quantizer of the input's grid.
         output: The activation quantizer of the holder after it.
         **kwargs: Keras layer arguments.
@@ -413,11 +483,17 @@ class IntegerActivation(layers.Activation):  # type: ignore[name-defined]
         self.source = check_grid(source, f"{self.name}: source")
         self.output_quantizer = check_grid(output, f"{self.name}: output")
         self.kind = activation
+        self._table = None
+        if activation in ("hard_silu", "hard_swish"):
+            self._table = tf.constant(hard_swish_table(self.source, self.output_quantizer))
         self._deploy = False  # True within iqcore.keras.deployment_form: a plain Activation
 
     def call(self, inputs):
         if self._deploy:
             return super().call(inputs)
+        if self._table is not None:
+            codes = tf.clip_by_value(to_codes(inputs, self.source), -128, 127) + 128
+            return from_codes(tf.gather(self._table, codes), self.output_quantizer, inputs.dtype)
         sig = _logistic_codes(inputs)
         if self.kind == "sigmoid":  # on another grid than LOGISTIC's, the converter adds a QUANTIZE
             q = self.output_quantizer.quantization_params()
@@ -465,3 +541,86 @@ class IntegerMultiply(layers.Multiply):  # type: ignore[name-defined]
     def get_config(self):
         return {**super().get_config(), "inputs": [_serialized(q) for q in self.sources],
                 "output": _serialized(self.output_quantizer)}
+
+
+def constant_grid(constant) -> tuple[float, int, np.ndarray]:
+    """``(scale, zero_point, codes)``: the int8 grid the TFLite converter gives a constant operand of an ADD or
+    MUL (one scale over ``[min(c, 0), max(c, 0)]`` in 255 steps, computed in double) and the constant's codes on
+    it (half steps away from zero)."""
+    values = np.asarray(constant, np.float32).astype(np.float64)
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    if low == high:
+        return 1.0, 0, np.zeros(values.shape, np.int64)
+    scale = (high - low) / 255.0
+    zero_point = int(np.clip(np.floor(-128.0 - low / scale + 0.5), -128, 127))
+    ratio = values / scale
+    codes = np.sign(ratio) * np.floor(np.abs(ratio) + 0.5) + zero_point
+    return float(np.float32(scale)), zero_point, np.clip(codes, -128, 127).astype(np.int64)
+
+
+#: The operations :class:`IntegerConstantOperation` computes with a constant operand.
+CONSTANT_OPERATIONS = ("add", "multiply")
+
+
+@keras.utils.register_keras_serializable(package="iqcore")
+class IntegerConstantOperation(layers.Layer):  # type: ignore[name-defined]
+    """``x + c`` or ``x * c`` with a constant ``c`` (a ``keras.ops`` operation on a tensor, such as
+    MobileNetV3's ``x + 3``), computed as XNNPACK's int8 ADD or MUL with a static operand does: ``c`` on the grid
+    the converter gives it (:func:`constant_grid`), then the addition (:func:`add_parameters`) or multiplication
+    (:func:`_multiply_codes`) of the codes, clamped to the fused activation.
+
+    Args:
+        operation: ``"add"`` or ``"multiply"``.
+        constant: The constant operand (a number or an array that broadcasts against the input).
+        source: The per-tensor activation quantizer of the input's grid.
+        output: The activation quantizer of the holder after it.
+        activation: The ReLU TFLite fuses into the operation (``"linear"``, ``"relu"``, ``"relu6"``).
+        **kwargs: Keras layer arguments.
+    """
+
+    def __init__(self, operation, constant, source, output, activation: str = "linear", **kwargs):
+        super().__init__(**kwargs)
+        if operation not in CONSTANT_OPERATIONS:
+            raise ValueError(f"{self.name}: operation is {operation!r}; allowed: {list(CONSTANT_OPERATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{self.name}: activation is {activation!r}; allowed: {list(ACTIVATIONS)}")
+        values = np.asarray(constant)
+        if values.dtype.kind not in "biuf" or values.dtype.kind == "b" or not np.all(np.isfinite(values)):
+            raise ValueError(f"{self.name}: constant must be finite numbers; got {constant!r:.120}")
+        self.operation, self.activation_name = operation, activation
+        self.constant = values.astype(np.float32)
+        self.source = check_grid(source, f"{self.name}: source")
+        self.output_quantizer = check_grid(output, f"{self.name}: output")
+        scale, zero_point, codes = constant_grid(self.constant)
+        self._constant_scale, self._constant_codes = scale, codes - zero_point
+        if operation == "add":
+            try:
+                self._multipliers = add_parameters(self.source.quantization_params().scale, scale,
+                                                   self.output_quantizer.quantization_params().scale)
+            except ValueError as e:
+                raise ValueError(f"{self.name}: XNNPACK does not run this addition: {e}") from None
+        self._deploy = False  # True within iqcore.keras.deployment_form: the float operation
+
+    def call(self, inputs):
+        if self._deploy:
+            return inputs + self.constant if self.operation == "add" else inputs * self.constant
+        codes = centred_codes(inputs, self.source)
+        constant = tf.constant(self._constant_codes, tf.int64)
+        if self.operation == "add":
+            code = _add_codes(codes, constant, self._multipliers, self.output_quantizer, self.activation_name)
+        else:
+            code = _multiply_codes(codes, constant, self.source.quantization_params().scale, self._constant_scale,
+                                   self.output_quantizer)
+            code = clamp_codes(code, self.output_quantizer, self.activation_name)
+        return from_codes(code, self.output_quantizer, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        rank = max(len(input_shape), self.constant.ndim)
+        own = (1,) * (rank - len(input_shape)) + tuple(input_shape)
+        other = (1,) * (rank - self.constant.ndim) + self.constant.shape
+        return tuple(a if b == 1 else b for a, b in zip(own, other, strict=True))
+
+    def get_config(self):
+        return {**super().get_config(), "operation": self.operation, "constant": self.constant.tolist(),
+                "source": _serialized(self.source), "output": _serialized(self.output_quantizer),
+                "activation": self.activation_name}

@@ -3,9 +3,6 @@ with wrappers and holders where an int8 TFLite model rounds, and optionally corr
 
 from __future__ import annotations
 
-import dataclasses
-import time
-
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +17,7 @@ from iqcore.keras._graph import (
     graph,
     input_names,
     nodes,
+    operation_arguments,
     operation_names,
     rebuild,
 )
@@ -30,6 +28,7 @@ from iqcore.keras._integer import (
     IntegerAdd,
     IntegerAveragePooling2D,
     IntegerConcatenate,
+    IntegerConstantOperation,
     IntegerMultiply,
     IntegerSimulation,
     check_convertible,
@@ -42,6 +41,7 @@ from iqcore.keras._layers import (
     deserialize_quantizer,
     find_weight,
 )
+from iqcore.keras._observe import _observe
 from iqcore.keras._tflite import output_channel_scales
 
 keras = tf.keras
@@ -79,19 +79,6 @@ FIXED_OUTPUT_RANGES = {"softmax": (0.0, 1.0), "sigmoid": (0.0, 1.0), "tanh": (-1
 #: Activations TFLite fuses into the op before them; a layer with another one is split by
 #: :func:`split_activations` so that its pre-activation output gets a holder too.
 FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
-
-
-def _batches(data):
-    """Yield lists of numpy arrays (one per model input) from an array, a tf.data.Dataset or an iterable."""
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        data = [data]
-    for batch in data:
-        if isinstance(batch, dict):
-            raise TypeError("representative_data batches must be arrays or lists of arrays; got a dict")
-        if isinstance(batch, (list, tuple)):
-            yield [np.asarray(b) for b in batch]
-        else:
-            yield [np.asarray(batch)]
 
 
 def _calibrated(cls, observation, settings, where: str) -> InferableQuantizer:
@@ -177,10 +164,17 @@ def _keeps_grid(node) -> bool:
 
 
 def _relu_fused(layer, consumer_names, by_name) -> bool:
-    """Whether TFLite fuses the ReLU that alone consumes ``layer``'s output into it (then no holder between)."""
+    """Whether TFLite fuses the ReLU that alone consumes ``layer``'s output into it (then no holder between).
+
+    Several identical ReLUs of one output count as one: TensorFlow's graph optimizer merges them (common
+    subexpression elimination, NASNet's cells apply ``relu`` to one tensor in each branch) before the
+    converter fuses the merged ReLU into the op."""
     fusing = isinstance(layer, RELU_FUSING) or (not isinstance(layer, keras.layers.Layer)
                                                 and type(layer).__name__ in RELU_FUSING_OPS)
-    return fusing and len(consumer_names) == 1 and _is_relu(by_name[consumer_names[0]])
+    if not fusing or not consumer_names:
+        return False
+    relus = [by_name[n] for n in consumer_names]
+    return all(_is_relu(r) for r in relus) and len({_relu_max(r) for r in relus}) == 1
 
 
 def _fixed_range(layer) -> tuple[float, float] | None:
@@ -230,90 +224,6 @@ def _linear_copy(layer):
     config = layer.get_config()
     config["activation"] = "linear"
     return layer.__class__.from_config(config)
-
-
-@dataclasses.dataclass
-class _Observed:
-    """Running statistics of one tensor over the representative data."""
-
-    low: float = np.inf
-    high: float = -np.inf
-    total: float = 0.0
-    count: int = 0
-    channel_sum: np.ndarray | None = None
-    channel_count: int = 0
-    samples: list = dataclasses.field(default_factory=list)
-
-    def add(self, values: np.ndarray, keep_samples: bool, channel_means: bool, seed: int) -> None:
-        self.low = min(self.low, float(values.min()))
-        self.high = max(self.high, float(values.max()))
-        self.total += float(values.sum(dtype=np.float64))
-        self.count += values.size
-        if channel_means and values.ndim >= 2:
-            flat = values.reshape(-1, values.shape[-1])
-            sums = flat.sum(axis=0, dtype=np.float64)
-            self.channel_sum = sums if self.channel_sum is None else self.channel_sum + sums
-            self.channel_count += flat.shape[0]
-        if keep_samples:
-            self.samples.append(calibration.subsample(values, calibration.MAX_SAMPLES, seed))
-
-    def observation(self, fixed=None) -> calibration.ActivationObservation:
-        if fixed is not None:
-            return calibration.ActivationObservation(fixed[0], fixed[1], fixed_range=True)
-        samples = calibration.subsample(np.concatenate(self.samples), calibration.MAX_SAMPLES) if self.samples \
-            else np.zeros(0, np.float32)
-        return calibration.ActivationObservation(self.low, self.high, samples, self.total / max(self.count, 1))
-
-    def channel_mean(self) -> np.ndarray | None:
-        return None if self.channel_sum is None else self.channel_sum / max(self.channel_count, 1)
-
-
-class _Progress:
-    """A Keras progress bar over the calibration batches, shown when ``verbose`` and the pass takes a while."""
-
-    DELAY = 2.0
-
-    def __init__(self, verbose: int, total: int | None):
-        self.verbose, self.total, self.start, self.bar = verbose, total, time.perf_counter(), None
-
-    def update(self, done: int) -> None:
-        if not self.verbose:
-            return
-        if self.bar is None and time.perf_counter() - self.start > self.DELAY:
-            self.bar = keras.utils.Progbar(self.total, unit_name="batch")
-        if self.bar is not None:
-            self.bar.update(done)
-
-
-def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples: bool, verbose: int
-             ) -> tuple[dict[str, _Observed], dict[str, _Observed]]:
-    """One pass over ``data``: statistics of the named layers' outputs (a model input's name for that input)
-    and of the inputs of the layers in ``inputs_of`` (with per-channel means, for bias correction)."""
-    by_name = {layer.name: layer for layer in nodes(model)}
-    names = input_names(model)
-
-    def tensor(n):
-        return model.inputs[names.index(n)] if n in names else by_name[n].output
-
-    tensors = [tensor(n) for n in outputs] + [by_name[n].input for n in inputs_of]
-    probe_inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(probe_inputs, tensors)
-    seen_out = {n: _Observed() for n in outputs}
-    seen_in = {n: _Observed() for n in inputs_of}
-    slots = [seen_out[n] for n in outputs] + [seen_in[n] for n in inputs_of]
-    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (np.ndarray, tf.Tensor)) else None
-    progress = _Progress(verbose, total)
-    batches = 0
-    for batches, batch in enumerate(_batches(data), start=1):
-        outs = probe(batch if len(batch) > 1 else batch[0], training=False)
-        if not isinstance(outs, (list, tuple)):
-            outs = [outs]
-        for i, (slot, out) in enumerate(zip(slots, outs, strict=True)):
-            slot.add(np.asarray(out), keep_samples and i < len(outputs), i >= len(outputs), seed=batches)
-        progress.update(batches)
-    if not batches:
-        raise ValueError("representative_data is empty; allowed: at least one batch of model inputs")
-    return seen_out, seen_in
 
 
 def _holder_targets(model, plan_a, quantize_inputs: bool) -> list[str]:
@@ -507,6 +417,12 @@ def _integer_plan(model, plan_w, plan_a, runtime) -> dict[str, IntegerSimulation
     return plan
 
 
+def _grid_params(q) -> tuple:
+    """The (scale, zero point, range) a holder quantizer (or its stored form) puts its output on."""
+    p = deserialize_quantizer(q, "a holder", "activation").quantization_params()
+    return float(p.scale), int(p.zero_point), int(p.qmin), int(p.qmax)
+
+
 def _holder_at(name, producers, by_name, plan_a):
     """The holder quantizer of the tensor ``name`` outputs (its own, or through pass-through layers), or None."""
     if name in plan_a:
@@ -522,10 +438,33 @@ def _output_holder(layer, consumers, by_name, plan_a):
     if layer.name in plan_a:
         return plan_a[layer.name], "linear"
     if _relu_fused(layer, consumers.get(layer.name, []), by_name):
-        relu = by_name[consumers[layer.name][0]]
-        if relu.name in plan_a:
-            return plan_a[relu.name], "relu6" if _relu_max(relu) == 6.0 else "relu"
+        relus = [by_name[n] for n in consumers[layer.name]]
+        grids = {_grid_params(plan_a[r.name]) if r.name in plan_a else None for r in relus}
+        if len(grids) == 1 and None not in grids:  # merged ReLUs: one holder grid (one FakeQuant) after them
+            return plan_a[relus[0].name], "relu6" if _relu_max(relus[0]) == 6.0 else "relu"
     return None, "linear"
+
+
+#: ``keras.ops`` operations with a constant operand that :class:`IntegerConstantOperation` computes.
+CONSTANT_OPERATIONS = {"Add": "add", "Multiply": "multiply"}
+
+
+def _constant_operation(op, feeding, producers, consumers, by_name, plan_a) -> IntegerConstantOperation | None:
+    """The :class:`IntegerConstantOperation` of a ``keras.ops`` addition or multiplication of a tensor between
+    holders by a constant, or None."""
+    kind = CONSTANT_OPERATIONS.get(type(op).__name__)
+    arguments = operation_arguments(op)
+    constants = [a for a in arguments if not isinstance(a, keras.KerasTensor)]
+    if kind is None or len(arguments) != 2 or len(constants) != 1 or len(feeding) != 1:
+        return None
+    source = _holder_at(feeding[0], producers, by_name, plan_a)
+    output, activation = _output_holder(op, consumers, by_name, plan_a)
+    if source is None or output is None:
+        return None
+    try:
+        return IntegerConstantOperation(kind, constants[0], source, output, activation, name=op.name)
+    except ValueError:  # a scale ratio XNNPACK does not run, or a constant it cannot hold: the float op stays
+        return None
 
 
 def _integer_merges(model, plan_a) -> dict:
@@ -534,8 +473,13 @@ def _integer_merges(model, plan_a) -> dict:
     producers, consumers = graph(model)
     by_name = {layer.name: layer for layer in nodes(model)}
     merges: dict = {}
-    for layer in model.layers:
+    for layer in nodes(model):
         feeding = producers.get(layer.name, [])
+        if not isinstance(layer, keras.layers.Layer):
+            operation = _constant_operation(layer, feeding, producers, consumers, by_name, plan_a)
+            if operation is not None:
+                merges[layer.name] = operation
+            continue
         if type(layer) is layers.Activation and len(feeding) == 1 and \
                 _activation_name(layer.activation) in INTEGER_ACTIVATIONS:
             source = _holder_at(feeding[0], producers, by_name, plan_a)
