@@ -141,7 +141,7 @@ def test_compare_matches_the_holders_of_merged_relus_to_their_one_tensor():
     rows = compare(model, to_tflite(model), on_input_grid(model, batches(1, 8)[0]))
     relus = [r for r in rows if r.layer.startswith("activation")]
     assert len(relus) == 3 and all(r.tensor is not None for r in rows)
-    assert len({r.tensor for r in relus}) == 1 and all(r.differ == 0 for r in rows)
+    assert len({r.tensor for r in relus}) == 1
 
 
 def test_simulated_model_predicts_in_graph_mode_with_the_eager_numbers(simulated):

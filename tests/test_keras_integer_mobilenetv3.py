@@ -14,23 +14,27 @@ from iqcore.keras import KERAS_3, IntegerConstantOperation, quantize_model, run_
 from iqcore.keras._integer import constant_grid, hard_swish_table
 
 keras = tf.keras
-needs_keras_3 = pytest.mark.skipif(not KERAS_3, reason="keras.ops operations on tensors are Keras 3 Functional nodes")
 
 
 def grid(low, high):
     return iqcore.get_quantizer("uniform", "activation", num_bits=8, min_range=[low], max_range=[high])
 
 
+def hard_sigmoid(x):
+    """``ReLU6(x + 3) * (1/6)`` with operations on tensors (Keras 3 ``keras.ops`` nodes, Keras 2 ``TFOpLambda``)."""
+    return keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+
+
 def hard_swish_block(seed=0):
-    """MobileNetV3's pattern: hard-swish activations and a squeeze-and-excite gate ``ReLU6(x + 3) * (1/6)``
-    written with operations on tensors, multiplied into the features."""
+    """MobileNetV3's pattern: hard-swish activations (Keras 3's ``hard_silu``; Keras 2's MobileNetV3 writes
+    ``x * hard_sigmoid(x)``) and a squeeze-and-excite gate, a hard sigmoid multiplied into the features."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((12, 12, 3))
-    x = keras.layers.Activation("hard_silu")(keras.layers.Conv2D(8, 3, padding="same")(inp))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.Activation("hard_silu")(x) if KERAS_3 else keras.layers.Multiply()([x, hard_sigmoid(x)])
     se = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
     se = keras.layers.Conv2D(8, 1)(keras.layers.ReLU()(keras.layers.Conv2D(4, 1)(se)))
-    se = keras.layers.ReLU(6.0)(se + 3.0) * (1.0 / 6.0)
-    x = keras.layers.Multiply()([x, se])
+    x = keras.layers.Multiply()([x, hard_sigmoid(se)])
     return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
@@ -40,22 +44,22 @@ def simulated(request):
                           representative_data=batches(2, 1), integer_simulation="xnnpack", verbose=0)
 
 
-@needs_keras_3
 def test_hard_swish_and_constant_operations_give_the_interpreters_numbers(simulated):
     kinds = [type(layer).__name__ for layer in simulated.layers]
-    assert "IntegerActivation" in kinds and kinds.count("IntegerConstantOperation") == 2
+    assert kinds.count("IntegerConstantOperation") == (2 if KERAS_3 else 4)
+    assert "IntegerActivation" in kinds or not KERAS_3
     x = on_input_grid(simulated, np.concatenate(batches(4, 8)))
     lite, _, _ = run_tflite(to_tflite(simulated), x)
     assert np.array_equal(lite, simulated(x).numpy().astype(np.float32))
 
 
-@needs_keras_3
 def test_constant_operations_reload_in_a_fresh_process_with_identical_outputs(simulated, tmp_path):
     assert fresh_process_mismatches(simulated, on_input_grid(simulated, batches(1, 5)[0]), tmp_path) == 0
 
 
 @pytest.mark.parametrize(("source", "output"), [((-3.0, 5.0), (-0.4, 5.0)), ((-0.2, 0.4), (-0.05, 0.4)),
                                                 ((-40.0, 60.0), (-0.4, 60.0))])
+@pytest.mark.skipif(not KERAS_3, reason="Keras 2 has no hard_silu activation")
 def test_hard_swish_table_is_the_interpreters_kernel(source, output):
     """Every input code through a real int8 HARD_SWISH op, for input scales on both sides of the kernel's
     exponent switch (a left shift above 3/256 per step, a right shift below)."""

@@ -60,10 +60,12 @@ def operation_names(model) -> set[str]:
 
 
 def operation_arguments(op) -> tuple:
-    """The positional arguments a Keras 3 Functional model called the ``keras.ops`` operation ``op`` with
-    (tensors and constants), or ``()`` when it was called more than once."""
+    """The positional arguments a Functional model called the operation ``op`` with (tensors and constants): a
+    Keras 3 ``keras.ops`` operation, or a Keras 2 ``TFOpLambda``; ``()`` when it was called more than once."""
     called = getattr(op, "_inbound_nodes", [])
-    return tuple(called[0].arguments.args) if len(called) == 1 else ()
+    if len(called) != 1:
+        return ()
+    return tuple(called[0].arguments.args) if KERAS_3 else tuple(called[0].call_args)
 
 
 def rebuild(model, replace, insert_after, name=None, drop=frozenset(), constants=None):
@@ -186,8 +188,11 @@ def _rebuild_functional_keras2(model, replace, insert_after, name, drop):
             renames.update({(layer_name, i): tuple(source) for i, source in enumerate(sources)})
         else:
             new = replace(layer)
-            entries.append({**keras.layers.serialize(new), "name": new.name,
-                            "inbound_nodes": rename(entry["inbound_nodes"])})
+            inbound = entry["inbound_nodes"]
+            if isinstance(new, IntegerConstantOperation):  # holds the TF op's constant operand itself
+                inbound = [[[*first_ref(node)[:3], {}]] for node in inbound]
+            inbound = rename(inbound)
+            entries.append({**keras.layers.serialize(new), "name": new.name, "inbound_nodes": inbound})
             sources = [[new.name, i, 0] for i in range(nodes)]
             if new.name != layer_name:
                 renames.update({(layer_name, i): (new.name, i, None) for i in range(nodes)})

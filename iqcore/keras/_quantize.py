@@ -152,8 +152,22 @@ def _is_relu(layer) -> bool:
 def _relu_max(layer) -> float | None:
     """The clamp of a ReLU layer or activation (6.0 for relu6), None for a plain ReLU."""
     if isinstance(layer, layers.ReLU):
-        return layer.get_config().get("max_value")
+        clamp = layer.get_config().get("max_value")
+        return None if clamp is None else float(clamp)  # Keras 2 stores a NumPy scalar
     return 6.0 if _activation_name(layer.activation) == "relu6" else None
+
+
+#: The TF functions of Keras 2 ``TFOpLambda`` layers, by the ``keras.ops`` operation they match.
+TF_OP_KINDS = {"__operators__.add": "Add", "math.add": "Add", "math.multiply": "Multiply",
+               "math.subtract": "Subtract"}
+
+
+def _operation_kind(node) -> str | None:
+    """The kind of a graph node that is an operation rather than a layer (``"Add"``, ``"Multiply"``...): a Keras 3
+    ``keras.ops`` operation's class name, or the matching name of a Keras 2 ``TFOpLambda``'s TF function."""
+    if type(node).__name__ == "TFOpLambda":
+        return TF_OP_KINDS.get(getattr(node, "symbol", ""))
+    return None if isinstance(node, keras.layers.Layer) else type(node).__name__
 
 
 def _keeps_grid(node) -> bool:
@@ -169,8 +183,7 @@ def _relu_fused(layer, consumer_names, by_name) -> bool:
     Several identical ReLUs of one output count as one: TensorFlow's graph optimizer merges them (common
     subexpression elimination, NASNet's cells apply ``relu`` to one tensor in each branch) before the
     converter fuses the merged ReLU into the op."""
-    fusing = isinstance(layer, RELU_FUSING) or (not isinstance(layer, keras.layers.Layer)
-                                                and type(layer).__name__ in RELU_FUSING_OPS)
+    fusing = isinstance(layer, RELU_FUSING) or _operation_kind(layer) in RELU_FUSING_OPS
     if not fusing or not consumer_names:
         return False
     relus = [by_name[n] for n in consumer_names]
@@ -452,9 +465,9 @@ CONSTANT_OPERATIONS = {"Add": "add", "Multiply": "multiply"}
 def _constant_operation(op, feeding, producers, consumers, by_name, plan_a) -> IntegerConstantOperation | None:
     """The :class:`IntegerConstantOperation` of a ``keras.ops`` addition or multiplication of a tensor between
     holders by a constant, or None."""
-    kind = CONSTANT_OPERATIONS.get(type(op).__name__)
+    kind = CONSTANT_OPERATIONS.get(_operation_kind(op) or "")
     arguments = operation_arguments(op)
-    constants = [a for a in arguments if not isinstance(a, keras.KerasTensor)]
+    constants = [a for a in arguments if not hasattr(a, "_keras_history")]  # not a Keras tensor
     if kind is None or len(arguments) != 2 or len(constants) != 1 or len(feeding) != 1:
         return None
     source = _holder_at(feeding[0], producers, by_name, plan_a)
@@ -475,7 +488,7 @@ def _integer_merges(model, plan_a) -> dict:
     merges: dict = {}
     for layer in nodes(model):
         feeding = producers.get(layer.name, [])
-        if not isinstance(layer, keras.layers.Layer):
+        if _operation_kind(layer) is not None:
             operation = _constant_operation(layer, feeding, producers, consumers, by_name, plan_a)
             if operation is not None:
                 merges[layer.name] = operation
