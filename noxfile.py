@@ -109,6 +109,31 @@ def bench(session):
     session.run("python", "bench/run.py", *args)
 
 
+# -- model zoo (issue 10) ----------------------------------------------------------------------------------------
+# (tensorflow-cpu, keras, extra requirements). onnx 1.18 and newer need an ml_dtypes newer than TF 2.15 allows.
+ZOO = [
+    ("2.21.0", "keras==3.15.1", []),  # the dev environment's versions
+    ("2.15.1", "keras==2.15.0", ["onnx==1.17.0"]),  # TF 2.15: tf.keras is Keras 2 itself
+]
+ZOO_IDS = ["tf2.21-keras3", "tf2.15-keras2"]
+
+
+@nox.session(python="3.11")
+@nox.parametrize(("tensorflow", "keras", "extra"), ZOO, ids=ZOO_IDS)
+def zoo(session, tensorflow, keras, extra):
+    """Keras Applications through iqcore (bench/zoo.py) on one TensorFlow/Keras pair; `nox -s zoo -- --help`.
+
+    Results go to bench/results/zoo_<id>.json unless ``--out`` is given; ``--docs docs/zoo.md`` rewrites the block
+    of the session's Keras there (the table for Keras 3, the ``zoo-keras2`` block for Keras 2).
+    """
+    session.install(f"tensorflow-cpu=={tensorflow}", keras, *extra, "-e", ".[test]", *PLUGINS, *ONNX)
+    label = ZOO_IDS[[row[:2] for row in ZOO].index((tensorflow, keras))]
+    args = list(session.posargs)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", f"bench/results/zoo_{label}.json"]
+    session.run("python", "bench/zoo.py", "--env-label", label, *args)
+
+
 # -- calibration baseline: MCT on TF 2.15 ------------------------------------------------------------------------
 @nox.session(python="3.11")
 def calibration_mct(session):
