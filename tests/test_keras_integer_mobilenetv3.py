@@ -99,8 +99,14 @@ def test_constant_operation_refuses_an_operation_it_does_not_simulate():
 
 
 def test_constant_operation_refuses_a_constant_that_is_not_finite():
-    with pytest.raises(ValueError, match="constant must be finite numbers"):
+    with pytest.raises(ValueError, match="constant is inf; allowed: finite values"):
         IntegerConstantOperation("add", np.inf, grid(-1, 1), grid(-1, 1))
+
+
+@pytest.mark.parametrize("constant", [True, "3"])
+def test_constant_operation_refuses_a_constant_that_is_not_a_number(constant):
+    with pytest.raises(TypeError, match="allowed: a number or an array of numbers"):
+        IntegerConstantOperation("multiply", constant, grid(-1, 1), grid(-1, 1))
 
 
 def test_constant_operation_deployment_form_is_the_float_operation():

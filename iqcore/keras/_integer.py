@@ -585,8 +585,10 @@ class IntegerConstantOperation(layers.Layer):  # type: ignore[name-defined]
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.name}: activation is {activation!r}; allowed: {list(ACTIVATIONS)}")
         values = np.asarray(constant)
-        if values.dtype.kind not in "biuf" or values.dtype.kind == "b" or not np.all(np.isfinite(values)):
-            raise ValueError(f"{self.name}: constant must be finite numbers; got {constant!r:.120}")
+        if values.dtype.kind not in "iuf":
+            raise TypeError(f"{self.name}: constant is {constant!r:.120}; allowed: a number or an array of numbers")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{self.name}: constant is {constant!r:.120}; allowed: finite values")
         self.operation, self.activation_name = operation, activation
         self.constant = values.astype(np.float32)
         self.source = check_grid(source, f"{self.name}: source")
