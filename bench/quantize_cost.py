@@ -51,7 +51,7 @@ class RebuildClock:
         for module in (_graph, _quantize):
             for name in ("rebuild", "copy_weights"):
                 self._patch(module, name, "seconds")
-        self._patch(_quantize, "_observe", "observe_seconds")
+        self._patch(_quantize, "observe", "observe_seconds")
         gc.callbacks.append(self._gc)
 
     def _patch(self, module, name: str, total: str) -> None:

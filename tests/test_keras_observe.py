@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras_models import batches, cnn
 
 from iqcore import calibration
-from iqcore.keras._observe import _observe, _Sampler
+from iqcore.keras._observe import Sampler, observe
 
 keras = tf.keras
 DATA = batches((16, 16, 3))
@@ -18,7 +18,7 @@ INPUTS_OF = ["dw", "fc"]
 def observed():
     """``(model, outputs seen, inputs seen)`` for one pass of :func:`cnn` over ``DATA``, with samples."""
     model = cnn()
-    seen_out, seen_in = _observe(model, OUTPUTS, INPUTS_OF, DATA, keep_samples=True, verbose=0)
+    seen_out, seen_in = observe(model, OUTPUTS, INPUTS_OF, DATA, keep_samples=True, verbose=0)
     return model, seen_out, seen_in
 
 
@@ -65,7 +65,7 @@ def test_observed_samples_are_values_the_output_took(observed, name):
 @pytest.mark.parametrize("size", [calibration.MAX_SAMPLES // 2, calibration.MAX_SAMPLES, 3 * calibration.MAX_SAMPLES])
 def test_sampler_draws_what_calibration_subsample_draws_for_each_seed(size):
     rng = np.random.default_rng(size)
-    sampler = _Sampler()
+    sampler = Sampler()
     for seed in (1, 1, 2, 0, 2, 0, 1):  # repeated seeds draw from the kept positions, or again after another batch
         values = rng.normal(size=size).astype(np.float32)
         np.testing.assert_array_equal(sampler(values, seed), calibration.subsample(values, calibration.MAX_SAMPLES,
@@ -73,7 +73,7 @@ def test_sampler_draws_what_calibration_subsample_draws_for_each_seed(size):
 
 
 def test_sampler_keeps_the_positions_of_the_latest_batch_and_of_the_final_draw_only():
-    sampler = _Sampler()
+    sampler = Sampler()
     values = np.zeros(2 * calibration.MAX_SAMPLES, np.float32)
     for seed in range(6):
         sampler(values, seed)
@@ -82,4 +82,4 @@ def test_sampler_keeps_the_positions_of_the_latest_batch_and_of_the_final_draw_o
 
 def test_empty_representative_data_is_refused():
     with pytest.raises(ValueError, match="representative_data is empty"):
-        _observe(cnn(), ["conv"], [], [], keep_samples=False, verbose=0)
+        observe(cnn(), ["conv"], [], [], keep_samples=False, verbose=0)

@@ -20,7 +20,7 @@ from iqcore.keras._graph import input_names, nodes
 keras = tf.keras
 
 
-def _batches(data):
+def input_batches(data):
     """Yield lists of numpy arrays (one per model input) from an array, a tf.data.Dataset or an iterable."""
     if isinstance(data, (np.ndarray, tf.Tensor)):
         data = [data]
@@ -33,7 +33,7 @@ def _batches(data):
             yield [np.asarray(batch)]
 
 
-class _Sampler:
+class Sampler:
     """:func:`iqcore.calibration.subsample` with the drawn positions kept per size: many tensors of a calibration
     batch have the same size, and the draw depends only on the size and the seed.
 
@@ -58,7 +58,7 @@ class _Sampler:
 
 
 @dataclasses.dataclass
-class _Observed:
+class Observed:
     """Running statistics of one tensor over the representative data."""
 
     low: float = np.inf
@@ -68,7 +68,7 @@ class _Observed:
     channel_sum: np.ndarray | None = None
     channel_count: int = 0
     samples: list = dataclasses.field(default_factory=list)
-    sampler: _Sampler = dataclasses.field(default_factory=_Sampler)
+    sampler: Sampler = dataclasses.field(default_factory=Sampler)
 
     def add(self, values: np.ndarray, keep_samples: bool, channel_means: bool, seed: int) -> None:
         self.low = min(self.low, float(values.min()))
@@ -93,7 +93,7 @@ class _Observed:
         return None if self.channel_sum is None else self.channel_sum / max(self.channel_count, 1)
 
 
-class _Progress:
+class Progress:
     """A Keras progress bar over the calibration batches, shown when ``verbose`` and the pass takes a while."""
 
     DELAY = 2.0
@@ -110,8 +110,8 @@ class _Progress:
             self.bar.update(done)
 
 
-def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples: bool, verbose: int
-             ) -> tuple[dict[str, _Observed], dict[str, _Observed]]:
+def observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples: bool, verbose: int
+             ) -> tuple[dict[str, Observed], dict[str, Observed]]:
     """One pass over ``data``: statistics of the named layers' outputs (a model input's name for that input)
     and of the inputs of the layers in ``inputs_of`` (with per-channel means, for bias correction)."""
     by_name = {layer.name: layer for layer in nodes(model)}
@@ -123,14 +123,14 @@ def _observe(model, outputs: list[str], inputs_of: list[str], data, keep_samples
     tensors = [tensor(n) for n in outputs] + [by_name[n].input for n in inputs_of]
     probe_inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(probe_inputs, tensors)
-    sampler = _Sampler()
-    seen_out = {n: _Observed(sampler=sampler) for n in outputs}
-    seen_in = {n: _Observed(sampler=sampler) for n in inputs_of}
+    sampler = Sampler()
+    seen_out = {n: Observed(sampler=sampler) for n in outputs}
+    seen_in = {n: Observed(sampler=sampler) for n in inputs_of}
     slots = [seen_out[n] for n in outputs] + [seen_in[n] for n in inputs_of]
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (np.ndarray, tf.Tensor)) else None
-    progress = _Progress(verbose, total)
+    progress = Progress(verbose, total)
     batches = 0
-    for batches, batch in enumerate(_batches(data), start=1):
+    for batches, batch in enumerate(input_batches(data), start=1):
         outs = probe(batch if len(batch) > 1 else batch[0], training=False)
         if not isinstance(outs, (list, tuple)):
             outs = [outs]

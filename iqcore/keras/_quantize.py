@@ -41,7 +41,7 @@ from iqcore.keras._layers import (
     deserialize_quantizer,
     find_weight,
 )
-from iqcore.keras._observe import _observe
+from iqcore.keras._observe import observe
 from iqcore.keras._tflite import output_channel_scales
 
 keras = tf.keras
@@ -650,7 +650,7 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
     targets = _holder_targets(model, plan_a, quantize_inputs) if activation_method is not None else []
     corrected_layers = [n for n in plan_w if bias_correction]
     if targets or corrected_layers:
-        observed, inputs = _observe(model, targets, corrected_layers, representative_data,
+        observed, inputs = observe(model, targets, corrected_layers, representative_data,
                                     activation_strategy != "minmax", verbose)
     if targets:
         _plan_activations(model, targets, observed, plan_a, activation_method,
