@@ -498,8 +498,11 @@ def _integer_merges(model, plan_a) -> dict:
             source = _holder_at(feeding[0], producers, by_name, plan_a)
             output, _ = _output_holder(layer, consumers, by_name, plan_a)
             if source is not None and output is not None:
-                merges[layer.name] = IntegerActivation(_activation_name(layer.activation), source, output,
-                                                       name=layer.name)
+                try:
+                    merges[layer.name] = IntegerActivation(_activation_name(layer.activation), source, output,
+                                                           name=layer.name)
+                except ValueError:  # grids the interpreter's kernel does not take: the float layer stays
+                    pass
             continue
         if type(layer) is layers.AveragePooling2D and len(feeding) == 1:
             source = _holder_at(feeding[0], producers, by_name, plan_a)
