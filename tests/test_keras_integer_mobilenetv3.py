@@ -114,3 +114,18 @@ def test_constant_operation_deployment_form_is_the_float_operation():
     x = tf.constant([[0.25, -0.75]])
     layer._deploy = True
     assert np.array_equal(layer(x).numpy(), x.numpy() * np.float32(0.5))
+
+
+@pytest.mark.skipif(not KERAS_3, reason="Keras 2 has no hard_silu activation")
+def test_hard_swish_on_grids_the_kernel_refuses_stays_a_float_layer():
+    """TFLite's HARD_SWISH needs the output step to be at least the input step / 128."""
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Activation("hard_silu")(keras.layers.Dense(4)(inp)))
+    names = [layer.name for layer in model.layers]
+    q = quantize_model(model, weights_method="symmetric", integer_simulation="xnnpack", verbose=0,
+                       activation_quantizers={names[0]: grid(-1, 1), names[1]: grid(-1000, 1000),
+                                              names[2]: grid(-0.375, 0.375)})
+    activation = next(layer for layer in q.layers if isinstance(layer, keras.layers.Activation))
+    assert type(activation) is keras.layers.Activation
+    with pytest.raises(ValueError, match="HARD_SWISH needs an output scale of at least input scale / 128"):
+        hard_swish_table(grid(-1000, 1000), grid(-0.375, 0.375))
