@@ -594,7 +594,7 @@ class IntegerConstantOperation(layers.Layer):  # type: ignore[name-defined]
         self.source = check_grid(source, f"{self.name}: source")
         self.output_quantizer = check_grid(output, f"{self.name}: output")
         scale, zero_point, codes = constant_grid(self.constant)
-        self._constant_scale, self._constant_codes = scale, codes - zero_point
+        self._constant_scale, self._constant_codes = scale, tf.constant(codes - zero_point, tf.int64)
         if operation == "add":
             try:
                 self._multipliers = add_parameters(self.source.quantization_params().scale, scale,
@@ -606,8 +606,7 @@ class IntegerConstantOperation(layers.Layer):  # type: ignore[name-defined]
     def call(self, inputs):
         if self._deploy:
             return inputs + self.constant if self.operation == "add" else inputs * self.constant
-        codes = centred_codes(inputs, self.source)
-        constant = tf.constant(self._constant_codes, tf.int64)
+        codes, constant = centred_codes(inputs, self.source), self._constant_codes
         if self.operation == "add":
             code = _add_codes(codes, constant, self._multipliers, self.output_quantizer, self.activation_name)
         else:
