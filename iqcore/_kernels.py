@@ -16,7 +16,9 @@ Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactne
 Some XLA versions also drop a float64 -> float32 -> float64 round trip of casts (TF 2.16, 2.17), so the safe form
 of the kernel (``staged``) rounds to float32 precision with integer operations on the bit pattern. Cheaper
 forms (:data:`XLA_FORMS`) are used under an enclosing XLA compilation only on the TensorFlow versions where
-``bench/xla_proof.py`` proved them exact (:data:`XLA_PROVEN`); any other version runs ``staged``.
+``bench/xla_proof.py`` proved them exact (:data:`XLA_PROVEN`); any other version runs ``staged``. The cheapest,
+``barrier``, is the reference's float32 formula with the parameters passed through XLA's optimization barrier:
+behind it XLA does not know their values, so the first two traps have no constant to work on.
 
 Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
 it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
@@ -63,6 +65,11 @@ import tensorflow as tf
 
 from iqcore import _grid as grid_lib
 from iqcore._grid import Grid
+
+try:  # XLA's optimization barrier (HLO ``opt-barrier``), from a private module of TensorFlow's
+    from tensorflow.compiler.tf2xla.python.xla import optimization_barrier as _xla_barrier
+except ImportError:  # moved in another TensorFlow version: the ``barrier`` form is then unavailable
+    _xla_barrier = None
 
 
 def _clip_ufunc() -> Callable[..., np.ndarray]:
@@ -303,6 +310,10 @@ def _kernel(x32, grid: Grid, form: str = "staged") -> tf.Tensor:
         return tf.floor(scaled - quant_zero + 0.5) * scale
     if form == "float32":  # the reference's float32 operations literally, division included
         return _kernel_float32(x32, nmin, nmax, quant_zero, scale)
+    if form == "barrier" and _xla_barrier is not None:
+        # Behind the barrier the parameters are values XLA cannot see into, so no rewrite needs a constant.
+        params = (tf.constant(a) for a in (nmin, nmax, quant_zero, np.asarray(scale, np.float32)))
+        return _kernel_float32(x32, *_xla_barrier(*params))
     if form == "tf_op" and grid.axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x32, grid.min, grid.max, num_bits=grid.num_bits, narrow_range=grid.narrow_range)
@@ -311,31 +322,35 @@ def _kernel(x32, grid: Grid, form: str = "staged") -> tf.Tensor:
 
 #: The forms of the kernel under an enclosing XLA compilation, cheapest first. ``tf_op``: TensorFlow's own
 #: per-tensor op (XLA lowers it with its own formula); ``float32``: the reference's float32 operations with
-#: constant parameters (exposed to XLA's rewrite of ``x / c``); ``mixed``: float32 steps, the division as a
-#: float64 multiply rounded by casts; ``lean``: float32 where one operation rounds once, float64 rounded by
-#: casts around the division and the subtraction of the zero point (where XLA folds float32 constants);
-#: ``cast``: every step in float64, rounded by a float32 round trip of casts; ``staged``: every step in
-#: float64, rounded with integer operations (exact on any compiler).
-XLA_FORMS = ("tf_op", "float32", "mixed", "lean", "cast", "staged")
+#: constant parameters (exposed to XLA's rewrite of ``x / c``); ``barrier``: the same operations with the
+#: parameters passed through XLA's optimization barrier, which hides their values from the algebraic
+#: simplifier (the division stays an IEEE division, nothing is folded); ``mixed``: float32 steps, the
+#: division as a float64 multiply rounded by casts; ``lean``: float32 where one operation rounds once,
+#: float64 rounded by casts around the division and the subtraction of the zero point (where XLA folds
+#: float32 constants); ``cast``: every step in float64, rounded by a float32 round trip of casts;
+#: ``staged``: every step in float64, rounded with integer operations (exact on any compiler).
+XLA_FORMS = ("tf_op", "float32", "barrier", "mixed", "lean", "cast", "staged")
 
 #: TensorFlow versions on which ``bench/xla_proof.py`` proved forms bit-exact under XLA (``jit_compile=True``
 #: and Keras ``jit_compile`` models, per-tensor and per-channel, bit widths 2..16, probe inputs): version ->
 #: (forms proven per-tensor, forms proven per-channel). A version not listed runs ``staged``. The results of
 #: each run are in docs/versions.md.
 XLA_PROVEN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "2.15.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
-    "2.16.2": (("staged",), ("staged",)),
-    "2.17.1": (("staged",), ("staged",)),
-    "2.18.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
-    "2.19.1": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
-    "2.20.0": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
-    "2.21.0": (("lean", "cast", "staged"), ("lean", "cast", "staged")),
+    "2.15.1": (("barrier", "lean", "cast", "staged"), ("barrier", "lean", "cast", "staged")),
+    "2.16.2": (("barrier", "staged"), ("barrier", "staged")),
+    "2.17.1": (("barrier", "staged"), ("barrier", "staged")),
+    "2.18.1": (("barrier", "lean", "cast", "staged"), ("barrier", "lean", "cast", "staged")),
+    "2.19.1": (("barrier", "lean", "cast", "staged"), ("barrier", "lean", "cast", "staged")),
+    "2.20.0": (("barrier", "lean", "cast", "staged"), ("barrier", "lean", "cast", "staged")),
+    "2.21.0": (("barrier", "lean", "cast", "staged"), ("barrier", "lean", "cast", "staged")),
 }
 
 
 def xla_forms(version: str) -> tuple[str, str]:
     """The cheapest forms proven on TensorFlow ``version``: (per-tensor, per-channel), ``staged`` otherwise."""
     per_tensor, per_channel = XLA_PROVEN.get(version, ((), ()))
+    if _xla_barrier is None:
+        per_tensor, per_channel = (tuple(f for f in forms if f != "barrier") for forms in (per_tensor, per_channel))
     return (next((f for f in XLA_FORMS if f in per_tensor), "staged"),
             next((f for f in XLA_FORMS if f in per_channel and f != "tf_op"), "staged"))
 

@@ -106,6 +106,26 @@ def test_quantized_weights_are_the_float_weights_on_the_grid():
     np.testing.assert_array_equal(wrapper.layer.kernel.numpy(), want)
 
 
+def test_quantize_model_quantizes_each_wrappers_weights_once(monkeypatch):
+    calls = []
+    original = QuantizationWrapper.requantize
+    monkeypatch.setattr(QuantizationWrapper, "requantize", lambda self: calls.append(self.name) or original(self))
+    new = quantize_model(cnn(), weights_method="symmetric")
+    wrappers = [layer.name for layer in new.layers if isinstance(layer, QuantizationWrapper)]
+    assert wrappers and sorted(calls) == sorted(wrappers)
+
+
+def test_a_wrapper_built_under_deferred_quantization_without_new_weights_is_quantized_on_exit():
+    from iqcore.keras._layers import deferred_quantization
+
+    q = symmetric((4, 3), axis=1)
+    with deferred_quantization():
+        wrapper = QuantizationWrapper(keras.layers.Dense(3, kernel_initializer="ones"), {"kernel": q})
+        wrapper.build((None, 4))
+        assert wrapper.layer.kernel.numpy().max() == 1.0  # not quantized yet: the caller sets the weights
+    np.testing.assert_array_equal(wrapper.layer.kernel.numpy(), q(np.ones((4, 3), np.float32)).numpy())
+
+
 def test_sequential_model_gets_wrappers_and_holders():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu", name="a"),

@@ -23,6 +23,12 @@ def test_unproven_versions_run_the_staged_form(monkeypatch):
     assert kernels.xla_forms("9.9.8") == ("staged", "staged")
 
 
+def test_the_barrier_form_is_not_chosen_where_tensorflow_has_no_optimization_barrier(monkeypatch):
+    monkeypatch.setitem(kernels.XLA_PROVEN, "9.9.7", (("barrier", "lean"), ("barrier", "staged")))
+    monkeypatch.setattr(kernels, "_xla_barrier", None)
+    assert kernels.xla_forms("9.9.7") == ("lean", "staged")
+
+
 def test_forms_in_use_are_proven_on_this_version():
     per_tensor, per_channel = kernels.XLA_PROVEN.get(tf.__version__, ((), ()))
     if os.environ.get("IQCORE_XLA_FORM"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,26 @@ HOLDER_KEY = "activation_holder_quantizer"
 
 # Weight names that mean the same weight on Keras 2 and Keras 3 (DepthwiseConv2D's kernel).
 _ALIASES = {"kernel": ("depthwise_kernel",), "depthwise_kernel": ("kernel",)}
+
+# Wrappers built inside deferred_quantization() (one list per thread and nesting), not yet quantized.
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_quantization():
+    """Wrappers built inside skip quantizing the initial weights of their layer: the caller is about to set
+    the real ones (``set_weights`` quantizes them). On a normal exit, any wrapper still holding unquantized
+    weights is quantized, so no wrapper leaves the block with float weights."""
+    stack = _deferred.__dict__.setdefault("stack", [])
+    pending: list = []
+    stack.append(pending)
+    try:
+        yield
+    finally:
+        stack.pop()
+    for wrapper in pending:
+        if wrapper._unquantized:
+            wrapper.requantize()
 
 
 def serialize_quantizer(quantizer: InferableQuantizer) -> dict[str, Any]:
@@ -283,7 +304,12 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
             _check_fits(q, var, f"{self.name}: weights_quantizers[{name!r}]")
             variables[name] = var
         self._variables_by_name = variables
-        self.requantize()
+        stack = getattr(_deferred, "stack", None)
+        if stack:
+            self._unquantized = True
+            stack[-1].append(self)
+        else:
+            self.requantize()
 
     def _add_constants(self) -> None:
         """Create the variable ``positional_weight_{position}`` of each constant and quantize it in place."""
@@ -308,6 +334,7 @@ class QuantizationWrapper(keras.layers.Layer):  # type: ignore[name-defined]
             var = self._variables_by_name[name]
             stored = getattr(var, "_variable", var)  # Keras 2 mixed precision: read past the AutoCastVariable
             var.assign(tf.cast(q(tf.convert_to_tensor(stored)), stored.dtype))
+        self._unquantized = False
 
     def set_weights(self, weights):
         """Set the wrapped layer's weights (float values are fine) and quantize them; for constant operands,

@@ -38,6 +38,7 @@ from iqcore.keras._layers import (
     KERAS_3,
     ActivationQuantizationHolder,
     QuantizationWrapper,
+    deferred_quantization,
     deserialize_quantizer,
     find_weight,
 )
@@ -679,8 +680,9 @@ def quantize_model(model, weights_quantizers=None, activation_quantizers=None, *
             return []
         return [ActivationQuantizationHolder(plan_a[name], source=sources.get(name), name=f"{name}_activation")]
 
-    new = rebuild(model, wrap, holders, f"{model.name}_quantized", constants=constants)
-    copy_weights(model, new)
+    with deferred_quantization():  # each wrapper quantizes the copied weights, not its initial ones
+        new = rebuild(model, wrap, holders, f"{model.name}_quantized", constants=constants)
+        copy_weights(model, new)
     if corrected_layers:
         _correct_biases(model, new, plan_w, inputs)
     _snap_biases(model, new, plan_a)
