@@ -1,7 +1,7 @@
 """Prove, on the installed TensorFlow, which forms of iqcore's XLA-context kernel are bit-exact.
 
     python bench/xla_proof.py              # every form, bit widths 2..16, narrow and wide ranges
-    python bench/xla_proof.py --time       # also time each form under XLA on 1e6 elements (ratios to a copy)
+    python bench/xla_proof.py --time       # also time each form under XLA on 1e6 and 1.6e7 elements (ratios)
     nox -s xla_proof                       # the same on every TensorFlow version of the nox matrix
 
 Under an enclosing XLA compilation (``tf.function(jit_compile=True)``, Keras ``jit_compile`` models) the
@@ -120,35 +120,44 @@ def prove(form: str, bits, modes) -> dict:
     return counts
 
 
-def timings(forms) -> dict:
-    """Seconds per call under ``jit_compile`` on 1e6 elements, per form, over a copy (per-tensor, per-channel)."""
+def timings(forms, rounds: int = 9) -> dict:
+    """Per form and size, medians of interleaved per-round ratios under ``jit_compile``: per-tensor over a copy
+    and over the raw TF op, per-channel (last axis, axis 0) over a copy (bench/timing.py)."""
+    import timing
+
     rng = np.random.default_rng(0)
-    shape = (3, 3, 333, 334)
-    x = tf.constant(rng.uniform(-2, 2, shape).astype(np.float32))
-    pt = iqcore.get_quantizer("symmetric", "weights", num_bits=8, threshold=[1.37])
-    pc = iqcore.get_quantizer("symmetric", "weights", num_bits=8, threshold=rng.uniform(0.3, 3, 334).tolist(),
-                              per_channel=True, channel_axis=3, input_rank=4)
-
-    def per_call(f, n=20):
-        f(x).numpy()
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(n):
-                y = f(x)
-            y.numpy()
-            best = min(best, (time.perf_counter() - start) / n)
-        return best
-
-    copy = per_call(tf.function(tf.negative, jit_compile=True))
-    raw = per_call(tf.function(lambda t: tf.quantization.fake_quant_with_min_max_vars(t, -1.37, 1.37),
-                               jit_compile=True))
-    out = {"raw TF op / copy": (raw / copy, None)}
-    for form in forms:
-        kernels.XLA_FORM_PER_TENSOR = kernels.XLA_FORM_PER_CHANNEL = form
-        a = per_call(tf.function(lambda t: pt(t), jit_compile=True))
-        b = None if form == "tf_op" else per_call(tf.function(lambda t: pc(t), jit_compile=True))
-        out[form] = (a / copy, None if b is None else b / copy)
+    out: dict = {}
+    for size, shape in (("1e6", (10, 100, 1000)), ("1.6e7", (16, 1000, 1000))):
+        x = tf.constant(rng.uniform(-2, 2, shape).astype(np.float32))
+        grids = {
+            "per-tensor": iqcore.get_quantizer("symmetric", "weights", num_bits=8, threshold=[1.37]).grid,
+            "last axis": iqcore.get_quantizer(
+                "symmetric", "weights", num_bits=8, threshold=rng.uniform(0.3, 3, shape[-1]).tolist(),
+                per_channel=True, channel_axis=2, input_rank=3).grid,
+            "axis 0": iqcore.get_quantizer(
+                "symmetric", "weights", num_bits=8, threshold=rng.uniform(0.3, 3, shape[0]).tolist(),
+                per_channel=True, channel_axis=0, input_rank=3).grid,
+        }
+        fns = {"copy": tf.negative, "raw op": lambda t: tf.quantization.fake_quant_with_min_max_vars(
+            t, -1.37, 1.37, narrow_range=True)}
+        for form in forms:
+            for layout, grid in grids.items():
+                if form != "tf_op" or layout == "per-tensor":
+                    fns[f"{form}|{layout}"] = lambda t, f=form, g=grid: kernels._kernel(t, g, f)
+        candidates = {}
+        for name, fn in fns.items():
+            compiled = tf.function(fn, jit_compile=True, autograph=False)
+            compiled(x)
+            candidates[name] = lambda c=compiled, x=x: c(x)
+        times = timing.interleaved(candidates, rounds, 0.2)
+        for name in candidates:
+            if "|" in name:
+                form, layout = name.split("|")
+                cell = out.setdefault((size, form), {})
+                cell[layout] = timing.ratio(times, name, "copy")["median"]
+                if layout == "per-tensor":
+                    cell["per-tensor / raw op"] = timing.ratio(times, name, "raw op")["median"]
+        out[(size, "raw TF op")] = {"per-tensor": timing.ratio(times, "raw op", "copy")["median"]}
     return out
 
 
@@ -157,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="2-16", help="bit widths, e.g. 2-16 or 2,8,16")
     p.add_argument("--forms", default=",".join(kernels.XLA_FORMS), help="forms to prove (default: all)")
     p.add_argument("--modes", default=",".join(MODES), help="jit_compile,keras")
-    p.add_argument("--time", action="store_true", help="also time each form under XLA on 1e6 elements")
+    p.add_argument("--time", action="store_true", help="also time each form under XLA (1e6, 1.6e7 elements)")
     args = p.parse_args(argv)
     if "-" in args.bits:
         a, b = args.bits.split("-")
@@ -188,8 +197,9 @@ def main(argv=None) -> int:
                 proven[layout].append(form)
     print(f"# {time.perf_counter() - start:.0f} s", flush=True)
     if args.time:
-        for form, (a, b) in timings(forms).items():
-            print(f"time {form:16s} per-tensor {a:.2f}x copy" + (f", per-channel {b:.2f}x copy" if b else ""))
+        for (size, form), cell in timings(forms).items():
+            print(f"time {size:6s} {form:10s} " + ", ".join(f"{k} {v:.2f}x" + ("" if "/" in k else " copy")
+                                                           for k, v in cell.items()), flush=True)
     print(f'XLA_PROVEN["{tf.__version__}"] = ({tuple(proven["per-tensor"])!r}, {tuple(proven["per-channel"])!r})')
     ok = used[0] in proven["per-tensor"] or used[0] not in forms
     ok &= used[1] in proven["per-channel"] or used[1] not in forms
