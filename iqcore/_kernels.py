@@ -16,9 +16,10 @@ Three traps shape the broadcasting kernel (measured on TF 2.21, see docs/exactne
 Some XLA versions also drop a float64 -> float32 -> float64 round trip of casts (TF 2.16, 2.17), so the safe form
 of the kernel (``staged``) rounds to float32 precision with integer operations on the bit pattern. Cheaper
 forms (:data:`XLA_FORMS`) are used under an enclosing XLA compilation only on the TensorFlow versions where
-``bench/xla_proof.py`` proved them exact (:data:`XLA_PROVEN`); any other version runs ``staged``. The cheapest,
-``barrier``, is the reference's float32 formula with the parameters passed through XLA's optimization barrier:
-behind it XLA does not know their values, so the first two traps have no constant to work on.
+``bench/xla_proof.py`` proved them exact (:data:`XLA_PROVEN`); any other version runs ``staged``. The cheapest
+exact one, ``barrier``, is the reference's float32 formula with the parameters passed through XLA's
+optimization barrier: behind it XLA does not know their values, so the first two traps have no constant to work
+on.
 
 Per-tensor grids outside XLA call TensorFlow's own ``fake_quant_with_min_max_vars``: it is the reference,
 it runs at memory speed, and the TFLite converter turns it into int8 quantization parameters. Under XLA the
@@ -359,7 +360,8 @@ _ENV_FORM = os.environ.get("IQCORE_XLA_FORM", "").strip()
 #: The forms used under an enclosing XLA compilation on the running TensorFlow (``IQCORE_XLA_FORM=staged``
 #: forces the safe form; ``bench/xla_proof.py`` sets a form to test it).
 XLA_FORM_PER_TENSOR, XLA_FORM_PER_CHANNEL = (
-    (_ENV_FORM, _ENV_FORM) if _ENV_FORM in XLA_FORMS else xla_forms(tf.__version__))
+    (_ENV_FORM, _ENV_FORM) if _ENV_FORM in XLA_FORMS and (_ENV_FORM != "barrier" or _xla_barrier is not None)
+    else xla_forms(tf.__version__))
 
 
 def auto_jit() -> bool:
