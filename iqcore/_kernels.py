@@ -347,21 +347,24 @@ XLA_PROVEN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _available(form: str) -> bool:
+    """Whether ``form`` is a form of :data:`XLA_FORMS` this TensorFlow can build (``barrier`` needs XLA's
+    optimization barrier)."""
+    return form in XLA_FORMS and (form != "barrier" or _xla_barrier is not None)
+
+
 def xla_forms(version: str) -> tuple[str, str]:
     """The cheapest forms proven on TensorFlow ``version``: (per-tensor, per-channel), ``staged`` otherwise."""
     per_tensor, per_channel = XLA_PROVEN.get(version, ((), ()))
-    if _xla_barrier is None:
-        per_tensor, per_channel = (tuple(f for f in forms if f != "barrier") for forms in (per_tensor, per_channel))
-    return (next((f for f in XLA_FORMS if f in per_tensor), "staged"),
-            next((f for f in XLA_FORMS if f in per_channel and f != "tf_op"), "staged"))
+    return (next((f for f in XLA_FORMS if f in per_tensor and _available(f)), "staged"),
+            next((f for f in XLA_FORMS if f in per_channel and f != "tf_op" and _available(f)), "staged"))
 
 
 _ENV_FORM = os.environ.get("IQCORE_XLA_FORM", "").strip()
 #: The forms used under an enclosing XLA compilation on the running TensorFlow (``IQCORE_XLA_FORM=staged``
 #: forces the safe form; ``bench/xla_proof.py`` sets a form to test it).
 XLA_FORM_PER_TENSOR, XLA_FORM_PER_CHANNEL = (
-    (_ENV_FORM, _ENV_FORM) if _ENV_FORM in XLA_FORMS and (_ENV_FORM != "barrier" or _xla_barrier is not None)
-    else xla_forms(tf.__version__))
+    (_ENV_FORM, _ENV_FORM) if _available(_ENV_FORM) else xla_forms(tf.__version__))
 
 
 def auto_jit() -> bool:
